@@ -1,0 +1,177 @@
+"""The paper's local response normalization (Section 3.3) as a compiled TensorFlow op.
+
+    b[i] = a[i] / (k + alpha * sum_{j = max(0, i - n/2)}^{min(N - 1, i + n/2)} a[j]^2) ** beta
+
+over the channels of one pixel of an NHWC tensor. The paper's values are the
+defaults: k = 2, n = 5 (depth_radius = 2), alpha = 1e-4, beta = 0.75. As in
+`tf.nn.local_response_normalization`, alpha is not divided by n (Caffe and
+PyTorch divide it, which makes their alpha = 1e-4 a different network).
+
+`local_response_normalization_reference` is the same formula in plain TensorFlow:
+it is the documented meaning of the op, the test oracle, and what exported
+SavedModels use so that they load without this package.
+"""
+
+import functools
+import glob
+import os
+import re
+
+import tensorflow as tf
+
+# Section 3.3: "k = 2, n = 5, alpha = 10^-4, and beta = 0.75".
+PAPER_LRN_DEPTH_RADIUS = 2  # n = 5 channels: i - 2 .. i + 2
+PAPER_LRN_BIAS = 2.0
+PAPER_LRN_ALPHA = 1e-4
+PAPER_LRN_BETA = 0.75
+
+SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+_LIBRARY_DIR = os.path.dirname(os.path.abspath(__file__))
+_LIBRARY_GLOB = "_lrn_ops*.so"
+# Written into the library by setup.py (see alexnet_tf_build_stamp in lrn_op.cc).
+_BUILD_STAMP = re.compile(rb"alexnet_tf-built-for-tensorflow=([^;\x00]*);")
+
+
+class OpLibraryError(RuntimeError):
+    """The compiled op library is missing or does not match the installed TensorFlow."""
+
+
+def _rebuild_hint():
+    return (
+        "Rebuild it against the installed TensorFlow from the repository root with "
+        "`python -m pip install --no-build-isolation -e .` "
+        "(or `python setup.py build_ext --inplace`)."
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def load_library():
+    """Loads the compiled op library once, checking it was built for this TensorFlow."""
+    candidates = sorted(glob.glob(os.path.join(_LIBRARY_DIR, _LIBRARY_GLOB)))
+    if not candidates:
+        raise OpLibraryError(
+            f"The compiled LRN op library ({_LIBRARY_GLOB}) was not found in {_LIBRARY_DIR}. "
+            + _rebuild_hint()
+        )
+    path = candidates[0]
+    with open(path, "rb") as f:
+        stamp = _BUILD_STAMP.search(f.read())
+    built_for = stamp.group(1).decode() if stamp else "an unknown version"
+    # A C++ op built against other TensorFlow headers can crash at load or at run
+    # time (the framework's ABI is not stable across versions), so refuse first.
+    if built_for != tf.__version__:
+        raise OpLibraryError(
+            f"{path} was built against TensorFlow {built_for}, but TensorFlow "
+            f"{tf.__version__} is installed. " + _rebuild_hint()
+        )
+    try:
+        return tf.load_op_library(path)
+    except (tf.errors.NotFoundError, OSError) as e:
+        raise OpLibraryError(
+            f"{path} could not be loaded into TensorFlow {tf.__version__} ({e}). "
+            + _rebuild_hint()
+        ) from e
+
+
+def _invalid_argument(message):
+    return tf.errors.InvalidArgumentError(None, None, message)
+
+
+def _check_arguments(x, depth_radius, bias, alpha, beta):
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise _invalid_argument(
+            f"local_response_normalization: input dtype {x.dtype.name} is not supported; "
+            f"expected one of {[d.name for d in SUPPORTED_DTYPES]}."
+        )
+    if x.shape.rank is not None and x.shape.rank != 4:
+        raise _invalid_argument(
+            f"local_response_normalization: input must be rank 4 (NHWC), got shape {x.shape}."
+        )
+    if int(depth_radius) != depth_radius or depth_radius < 0:
+        raise _invalid_argument(
+            f"local_response_normalization: depth_radius must be a non-negative integer, "
+            f"got {depth_radius}."
+        )
+    if not bias > 0:
+        raise _invalid_argument(f"local_response_normalization: bias must be > 0, got {bias}.")
+    if not alpha >= 0:
+        raise _invalid_argument(f"local_response_normalization: alpha must be >= 0, got {alpha}.")
+    if not beta >= 0:
+        raise _invalid_argument(f"local_response_normalization: beta must be >= 0, got {beta}.")
+    channels = x.shape[-1] if x.shape.rank == 4 else None
+    if channels is not None and depth_radius >= channels:
+        raise _invalid_argument(
+            f"local_response_normalization: depth_radius {depth_radius} is wider than the "
+            f"{channels} channels of input shape {x.shape}; it must be < {channels}."
+        )
+
+
+def local_response_normalization(
+    input,
+    depth_radius=PAPER_LRN_DEPTH_RADIUS,
+    bias=PAPER_LRN_BIAS,
+    alpha=PAPER_LRN_ALPHA,
+    beta=PAPER_LRN_BETA,
+    name=None,
+):
+    """Cross-channel LRN of an NHWC tensor, the compiled kernel with its gradient.
+
+    Same signature and meaning as `tf.nn.local_response_normalization`, with the
+    paper's constants as defaults. float16 and bfloat16 inputs are computed with
+    float32 accumulation; float64 is supported for gradient checks. As in
+    TensorFlow's op, bias, alpha and beta are float32 attributes.
+
+    Raises:
+      tf.errors.InvalidArgumentError: for a non-float dtype, a rank other than 4,
+        depth_radius < 0 or >= channels, bias <= 0, alpha < 0 or beta < 0.
+      OpLibraryError: if the compiled library is missing or was built for another
+        TensorFlow version.
+    """
+    with tf.name_scope(name or "LocalResponseNormalization"):
+        x = tf.convert_to_tensor(input)
+        _check_arguments(x, depth_radius, bias, alpha, beta)
+        return load_library().alexnet_tf_local_response_norm(
+            x, depth_radius=int(depth_radius), bias=float(bias), alpha=float(alpha), beta=float(beta)
+        )
+
+
+@tf.RegisterGradient("AlexnetTf>LocalResponseNorm")
+def _local_response_norm_grad(op, grad):
+    return load_library().alexnet_tf_local_response_norm_grad(
+        grad,
+        op.inputs[0],
+        depth_radius=op.get_attr("depth_radius"),
+        bias=op.get_attr("bias"),
+        alpha=op.get_attr("alpha"),
+        beta=op.get_attr("beta"),
+    )
+
+
+def local_response_normalization_reference(
+    input,
+    depth_radius=PAPER_LRN_DEPTH_RADIUS,
+    bias=PAPER_LRN_BIAS,
+    alpha=PAPER_LRN_ALPHA,
+    beta=PAPER_LRN_BETA,
+    name=None,
+):
+    """The same LRN from standard TensorFlow ops only (a windowed sum over channels).
+
+    Numerically this is the formula in the module docstring, computed in float32
+    for float16/bfloat16 inputs like the compiled op. It runs anywhere TensorFlow
+    runs, so exported models use it to stay loadable without this package.
+    """
+    with tf.name_scope(name or "LocalResponseNormalizationReference"):
+        x = tf.convert_to_tensor(input)
+        _check_arguments(x, depth_radius, bias, alpha, beta)
+        compute_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+        xc = tf.cast(x, compute_dtype)
+        squares = tf.square(xc)
+        padded = tf.pad(squares, [[0, 0], [0, 0], [0, 0], [depth_radius, depth_radius]])
+        channels = tf.shape(x)[-1]
+        window_sum = tf.add_n(
+            [padded[..., d : d + channels] for d in range(2 * depth_radius + 1)]
+        )
+        scale = tf.pow(bias + alpha * window_sum, -beta)
+        return tf.cast(xc * scale, x.dtype)

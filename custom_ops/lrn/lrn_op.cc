@@ -1,0 +1,475 @@
+// TensorFlow ops AlexnetTf>LocalResponseNorm and AlexnetTf>LocalResponseNormGrad:
+// the paper's LRN (Section 3.3) on NHWC tensors, with CPU kernels here and CUDA
+// kernels in lrn_op_gpu.cu.cc (registered under GOOGLE_CUDA).
+//
+// TensorFlow's own CPU LRN forms the window sum as a banded [C, C] matrix
+// product per pixel block and its gradient as a scalar loop; here each pixel's
+// channels are summed in a window of 2r+1 (vectorised passes for small r, a
+// running sum for large r), so both directions stay close to memory speed.
+#define EIGEN_USE_THREADS
+#if GOOGLE_CUDA
+#define EIGEN_USE_GPU
+#endif
+
+#include "lrn_op.h"
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/framework/tensor.h"
+#include "tensorflow/core/framework/types.h"
+#include "tensorflow/core/platform/threadpool.h"
+
+#if GOOGLE_CUDA
+#include "lrn_gpu_launcher.h"
+#include "tensorflow/core/util/gpu_launch_config.h"
+#endif
+
+#ifndef ALEXNET_TF_BUILT_FOR_TENSORFLOW
+#define ALEXNET_TF_BUILT_FOR_TENSORFLOW "unknown"
+#endif
+
+// The TensorFlow version whose headers this library was compiled with. The
+// Python loader reads it from the file before loading it, because loading a
+// library built against another framework version can crash the process.
+extern "C" __attribute__((used, visibility("default")))
+const char alexnet_tf_build_stamp[] =
+    "alexnet_tf-built-for-tensorflow=" ALEXNET_TF_BUILT_FOR_TENSORFLOW ";";
+
+namespace alexnet_tf {
+
+using ::tensorflow::DEVICE_CPU;
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::shape_inference::InferenceContext;
+using ::tensorflow::shape_inference::ShapeHandle;
+namespace errors = ::tensorflow::errors;
+using CPUDevice = Eigen::ThreadPoolDevice;
+
+REGISTER_OP("AlexnetTf>LocalResponseNorm")
+    .Input("input: T")
+    .Output("output: T")
+    .Attr("depth_radius: int = 2")
+    .Attr("bias: float = 2.0")
+    .Attr("alpha: float = 0.0001")
+    .Attr("beta: float = 0.75")
+    .Attr("T: {half, bfloat16, float, double} = DT_FLOAT")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle input;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &input));
+      c->set_output(0, input);
+      return absl::OkStatus();
+    })
+    .Doc(R"doc(
+The paper's cross-channel local response normalization of an NHWC tensor:
+output[..., i] = input[..., i] /
+    (bias + alpha * sum_{j=max(0,i-r)}^{min(C-1,i+r)} input[..., j]^2)^beta
+with r = depth_radius. alpha is not divided by the window size.
+)doc");
+
+REGISTER_OP("AlexnetTf>LocalResponseNormGrad")
+    .Input("grads: T")
+    .Input("input: T")
+    .Output("output: T")
+    .Attr("depth_radius: int = 2")
+    .Attr("bias: float = 2.0")
+    .Attr("alpha: float = 0.0001")
+    .Attr("beta: float = 0.75")
+    .Attr("T: {half, bfloat16, float, double} = DT_FLOAT")
+    .SetShapeFn([](InferenceContext* c) {
+      ShapeHandle grads, input;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &grads));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &input));
+      TF_RETURN_IF_ERROR(c->Merge(grads, input, &input));
+      c->set_output(0, input);
+      return absl::OkStatus();
+    })
+    .Doc("Gradient of AlexnetTf>LocalResponseNorm at `input`, applied to `grads`.");
+
+namespace {
+
+// float16 and bfloat16 are computed in float32; float64 stays float64.
+template <typename T>
+struct CpuAcc {
+  using type = float;
+};
+template <>
+struct CpuAcc<double> {
+  using type = double;
+};
+
+// Up to this radius the window sum is an unrolled sum of 2r+1 shifted vector
+// loads per channel (the paper's r = 2 is five); beyond it a running sum,
+// which costs two scalar adds per channel whatever r is, is cheaper.
+constexpr int kMaxDirectWindowRadius = 8;
+
+template <int R, typename A>
+void DirectWindowSums(const A* __restrict__ padded, int channels,
+                      A* __restrict__ out) {
+  for (int c = 0; c < channels; ++c) {
+    A sum = padded[c];
+    for (int d = 1; d <= 2 * R; ++d) sum += padded[c + d];
+    out[c] = sum;
+  }
+}
+
+template <typename A, int... R>
+void DirectWindowSumsFor(int r, const A* padded, int channels, A* out,
+                         std::integer_sequence<int, R...>) {
+  ((r == R ? DirectWindowSums<R>(padded, channels, out) : void()), ...);
+}
+
+// out[c] = sum of padded[c .. c + 2r], where padded holds r zeros, the C
+// values, then r zeros.
+template <typename A>
+void WindowSums(const A* __restrict__ padded, int channels, int r,
+                A* __restrict__ out) {
+  if (r <= kMaxDirectWindowRadius) {
+    DirectWindowSumsFor(
+        r, padded, channels, out,
+        std::make_integer_sequence<int, kMaxDirectWindowRadius + 1>());
+    return;
+  }
+  // Accumulated in double so that subtracting a large square that leaves the
+  // window does not swamp the small ones that remain.
+  double running = 0;
+  for (int d = 0; d < 2 * r; ++d) running += padded[d];
+  for (int c = 0; c < channels; ++c) {
+    running += padded[c + 2 * r];
+    out[c] = static_cast<A>(running);
+    running -= padded[c];
+  }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+// 1/sqrt(v) to about 2 ulp: the hardware's 12-bit estimate and one
+// Newton-Raphson step, y' = y (1.5 - 0.5 v y^2).
+inline __m256 RsqrtRefined(__m256 v) {
+  const __m256 y = _mm256_rsqrt_ps(v);
+  const __m256 half_v_y2 = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
+                                         _mm256_mul_ps(y, y));
+  return _mm256_mul_ps(y, _mm256_sub_ps(_mm256_set1_ps(1.5f), half_v_y2));
+}
+#endif
+
+// From window sums s: n = bias + alpha s, scale = n^-beta and, if inv_norm is
+// not null, inv_norm = 1 / n.
+template <typename A>
+void ScalesFromSums(const A* __restrict__ sums, int channels, A bias, A alpha,
+                    A beta, A* __restrict__ scale, A* __restrict__ inv_norm) {
+  int c = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<A, float>) {
+    if (beta == 0.75f) {
+      // The paper's beta without sqrt, pow or division, which would bound the
+      // kernel by their throughput: a = n^-1/2, b = a^-1/2 = n^1/4, and
+      // n^-3/4 = a * a * b, 1/n = a * a.
+      const __m256 vbias = _mm256_set1_ps(bias), valpha = _mm256_set1_ps(alpha);
+      for (; c + 8 <= channels; c += 8) {
+        const __m256 n = _mm256_fmadd_ps(valpha, _mm256_loadu_ps(sums + c), vbias);
+        const __m256 a = RsqrtRefined(n);
+        const __m256 a2 = _mm256_mul_ps(a, a);
+        _mm256_storeu_ps(scale + c, _mm256_mul_ps(a2, RsqrtRefined(a)));
+        if (inv_norm != nullptr) _mm256_storeu_ps(inv_norm + c, a2);
+      }
+    }
+  }
+#endif
+  for (; c < channels; ++c) {
+    const A n = bias + alpha * sums[c];
+    scale[c] = beta == A(0.75) ? A(1) / (std::sqrt(n) * std::sqrt(std::sqrt(n)))
+                               : std::pow(n, -beta);
+    if (inv_norm != nullptr) inv_norm[c] = A(1) / n;
+  }
+}
+
+// Input values in the accumulation type: the input itself when T is already
+// that type, else converted into `buffer`.
+template <typename A, typename T>
+const A* AsAcc(const T* __restrict__ values, int channels, A* __restrict__ buffer) {
+  if constexpr (std::is_same_v<T, A>) {
+    return values;
+  } else {
+    for (int c = 0; c < channels; ++c) buffer[c] = static_cast<A>(values[c]);
+    return buffer;
+  }
+}
+
+template <typename T>
+void ForwardPixels(const LrnParams& p, const T* x, T* y, int64_t begin,
+                   int64_t end, int channels) {
+  using A = typename CpuAcc<T>::type;
+  const int r = p.depth_radius;
+  std::vector<A> padded(channels + 2 * r, A(0)), converted(channels),
+      sums(channels), scale(channels);
+  A* __restrict__ squares = padded.data() + r;
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    const A* __restrict__ xs = AsAcc(x + pixel * channels, channels, converted.data());
+    T* __restrict__ yp = y + pixel * channels;
+    for (int c = 0; c < channels; ++c) squares[c] = xs[c] * xs[c];
+    WindowSums(padded.data(), channels, r, sums.data());
+    ScalesFromSums(sums.data(), channels, A(p.bias), A(p.alpha), A(p.beta),
+                   scale.data(), static_cast<A*>(nullptr));
+    for (int c = 0; c < channels; ++c) yp[c] = static_cast<T>(xs[c] * scale[c]);
+  }
+}
+
+// With n_i = bias + alpha * sum_{j in W(i)} x_j^2 and W symmetric:
+//   dx_j = dy_j n_j^-beta - 2 alpha beta x_j sum_{i in W(j)} dy_i x_i n_i^(-beta-1)
+template <typename T>
+void BackwardPixels(const LrnParams& p, const T* dy, const T* x, T* dx,
+                    int64_t begin, int64_t end, int channels) {
+  using A = typename CpuAcc<T>::type;
+  const int r = p.depth_radius;
+  const A two_alpha_beta = A(2) * A(p.alpha) * A(p.beta);
+  std::vector<A> padded(channels + 2 * r, A(0)), converted_x(channels),
+      converted_dy(channels), sums(channels), scale(channels), inv_norm(channels);
+  A* __restrict__ inner = padded.data() + r;
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    const int64_t offset = pixel * channels;
+    const A* __restrict__ xs = AsAcc(x + offset, channels, converted_x.data());
+    const A* __restrict__ dys = AsAcc(dy + offset, channels, converted_dy.data());
+    for (int c = 0; c < channels; ++c) inner[c] = xs[c] * xs[c];
+    WindowSums(padded.data(), channels, r, sums.data());
+    ScalesFromSums(sums.data(), channels, A(p.bias), A(p.alpha), A(p.beta),
+                   scale.data(), inv_norm.data());
+    // The padded buffer is reused for dy_i x_i n_i^(-beta-1), its zero
+    // borders untouched, and sums for its window sums.
+    for (int c = 0; c < channels; ++c) {
+      inner[c] = dys[c] * xs[c] * scale[c] * inv_norm[c];
+    }
+    WindowSums(padded.data(), channels, r, sums.data());
+    T* __restrict__ out = dx + offset;
+    for (int c = 0; c < channels; ++c) {
+      out[c] = static_cast<T>(dys[c] * scale[c] - two_alpha_beta * xs[c] * sums[c]);
+    }
+  }
+}
+
+// Cycles per pixel, for the thread pool's sharding.
+int64_t CostPerPixel(const LrnParams& p, int channels) {
+  return int64_t{channels} * (std::min(2 * p.depth_radius + 1, 20) + 30);
+}
+
+}  // namespace
+
+template <typename T>
+struct LrnForward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const LrnParams& params, const T* x,
+                  T* y, int64_t pixels, int channels) {
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(pixels, CostPerPixel(params, channels),
+                      [&](int64_t begin, int64_t end) {
+                        ForwardPixels(params, x, y, begin, end, channels);
+                      });
+  }
+};
+
+template <typename T>
+struct LrnBackward<CPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const LrnParams& params, const T* dy,
+                  const T* x, T* dx, int64_t pixels, int channels) {
+    auto* pool = ctx->device()->tensorflow_cpu_worker_threads()->workers;
+    pool->ParallelFor(pixels, 2 * CostPerPixel(params, channels),
+                      [&](int64_t begin, int64_t end) {
+                        BackwardPixels(params, dy, x, dx, begin, end, channels);
+                      });
+  }
+};
+
+// Attributes are checked once, when the kernel is built; tensors at each call.
+class LrnKernelBase : public OpKernel {
+ public:
+  explicit LrnKernelBase(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    int64_t depth_radius;
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("depth_radius", &depth_radius));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("bias", &params_.bias));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("alpha", &params_.alpha));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("beta", &params_.beta));
+    OP_REQUIRES(ctx, depth_radius >= 0 && depth_radius < INT_MAX / 4,
+                errors::InvalidArgument(
+                    "depth_radius must be a non-negative integer, got ",
+                    depth_radius));
+    params_.depth_radius = static_cast<int>(depth_radius);
+    OP_REQUIRES(ctx, std::isfinite(params_.bias) && params_.bias > 0,
+                errors::InvalidArgument("bias must be > 0, got ", params_.bias));
+    OP_REQUIRES(ctx, std::isfinite(params_.alpha) && params_.alpha >= 0,
+                errors::InvalidArgument("alpha must be >= 0, got ",
+                                        params_.alpha));
+    OP_REQUIRES(ctx, std::isfinite(params_.beta) && params_.beta >= 0,
+                errors::InvalidArgument("beta must be >= 0, got ", params_.beta));
+  }
+
+ protected:
+  // A 4-D NHWC tensor whose channels are wider than the window radius.
+  absl::Status CheckInput(const Tensor& t, const char* what) const {
+    if (t.dims() != 4) {
+      return errors::InvalidArgument(what, " must be 4-D (NHWC), got shape ",
+                                     t.shape().DebugString());
+    }
+    const int64_t channels = t.dim_size(3);
+    if (params_.depth_radius >= channels) {
+      return errors::InvalidArgument(
+          "depth_radius ", params_.depth_radius,
+          " is wider than the channels of ", what, " shape ",
+          t.shape().DebugString(), "; it must be < ", channels);
+    }
+    if (channels > INT_MAX / 2) {
+      return errors::InvalidArgument("too many channels in ", what, " shape ",
+                                     t.shape().DebugString());
+    }
+    return absl::OkStatus();
+  }
+
+  LrnParams params_;
+};
+
+template <typename Device, typename T>
+class LrnOp : public LrnKernelBase {
+ public:
+  using LrnKernelBase::LrnKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& input = ctx->input(0);
+    OP_REQUIRES_OK(ctx, CheckInput(input, "input"));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input.shape(), &output));
+    if (input.NumElements() == 0) return;
+    const int channels = static_cast<int>(input.dim_size(3));
+    LrnForward<Device, T>()(ctx, params_, input.flat<T>().data(),
+                            output->flat<T>().data(),
+                            input.NumElements() / channels, channels);
+  }
+};
+
+template <typename Device, typename T>
+class LrnGradOp : public LrnKernelBase {
+ public:
+  using LrnKernelBase::LrnKernelBase;
+
+  void Compute(OpKernelContext* ctx) override {
+    const Tensor& grads = ctx->input(0);
+    const Tensor& input = ctx->input(1);
+    OP_REQUIRES_OK(ctx, CheckInput(input, "input"));
+    OP_REQUIRES(ctx, grads.shape() == input.shape(),
+                errors::InvalidArgument(
+                    "grads and input must have the same shape, got ",
+                    grads.shape().DebugString(), " and ",
+                    input.shape().DebugString()));
+    Tensor* output = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, input.shape(), &output));
+    if (input.NumElements() == 0) return;
+    const int channels = static_cast<int>(input.dim_size(3));
+    LrnBackward<Device, T>()(ctx, params_, grads.flat<T>().data(),
+                             input.flat<T>().data(), output->flat<T>().data(),
+                             input.NumElements() / channels, channels);
+  }
+};
+
+#define REGISTER_LRN_KERNELS(DEVICE_NAME, DEVICE, T)                        \
+  REGISTER_KERNEL_BUILDER(Name("AlexnetTf>LocalResponseNorm")               \
+                              .Device(DEVICE_NAME)                          \
+                              .TypeConstraint<T>("T"),                      \
+                          LrnOp<DEVICE, T>);                                \
+  REGISTER_KERNEL_BUILDER(Name("AlexnetTf>LocalResponseNormGrad")           \
+                              .Device(DEVICE_NAME)                          \
+                              .TypeConstraint<T>("T"),                      \
+                          LrnGradOp<DEVICE, T>);
+
+REGISTER_LRN_KERNELS(DEVICE_CPU, CPUDevice, Eigen::half)
+REGISTER_LRN_KERNELS(DEVICE_CPU, CPUDevice, Eigen::bfloat16)
+REGISTER_LRN_KERNELS(DEVICE_CPU, CPUDevice, float)
+REGISTER_LRN_KERNELS(DEVICE_CPU, CPUDevice, double)
+
+#if GOOGLE_CUDA
+using GPUDevice = Eigen::GpuDevice;
+using ::tensorflow::DEVICE_GPU;
+
+// Eigen::half and Eigen::bfloat16 have the bit layout of CUDA's __half and
+// __nv_bfloat16, so the TF-free kernels take the same buffers.
+template <typename T>
+struct LauncherDtype;
+template <>
+struct LauncherDtype<Eigen::half> {
+  static constexpr int value = ALEXNET_LRN_FLOAT16;
+};
+template <>
+struct LauncherDtype<Eigen::bfloat16> {
+  static constexpr int value = ALEXNET_LRN_BFLOAT16;
+};
+template <>
+struct LauncherDtype<float> {
+  static constexpr int value = ALEXNET_LRN_FLOAT32;
+};
+template <>
+struct LauncherDtype<double> {
+  static constexpr int value = ALEXNET_LRN_FLOAT64;
+};
+
+namespace {
+absl::Status GpuLaunchConfigFor(OpKernelContext* ctx, int64_t count,
+                                ::tensorflow::GpuLaunchConfig* config) {
+  if (count > INT_MAX) {
+    return errors::InvalidArgument("LRN on the GPU takes at most ", INT_MAX,
+                                   " elements, got ", count);
+  }
+  *config = ::tensorflow::GetGpuLaunchConfig(static_cast<int>(count),
+                                             ctx->eigen_device<GPUDevice>());
+  return absl::OkStatus();
+}
+}  // namespace
+
+template <typename T>
+struct LrnForward<GPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const LrnParams& p, const T* x, T* y,
+                  int64_t pixels, int channels) {
+    ::tensorflow::GpuLaunchConfig config;
+    OP_REQUIRES_OK(ctx, GpuLaunchConfigFor(ctx, pixels * channels, &config));
+    const int status = alexnet_lrn_forward(
+        LauncherDtype<T>::value, x, y, pixels, channels, p.depth_radius,
+        p.bias, p.alpha, p.beta, config.block_count, config.thread_per_block,
+        ctx->eigen_device<GPUDevice>().stream());
+    OP_REQUIRES(ctx, status == 0,
+                errors::Internal("LRN forward kernel launch failed: ",
+                                 alexnet_lrn_error_string(status)));
+  }
+};
+
+template <typename T>
+struct LrnBackward<GPUDevice, T> {
+  void operator()(OpKernelContext* ctx, const LrnParams& p, const T* dy,
+                  const T* x, T* dx, int64_t pixels, int channels) {
+    ::tensorflow::GpuLaunchConfig config;
+    OP_REQUIRES_OK(ctx, GpuLaunchConfigFor(ctx, pixels * channels, &config));
+    const int status = alexnet_lrn_backward(
+        LauncherDtype<T>::value, dy, x, dx, pixels, channels, p.depth_radius,
+        p.bias, p.alpha, p.beta, config.block_count, config.thread_per_block,
+        ctx->eigen_device<GPUDevice>().stream());
+    OP_REQUIRES(ctx, status == 0,
+                errors::Internal("LRN gradient kernel launch failed: ",
+                                 alexnet_lrn_error_string(status)));
+  }
+};
+
+REGISTER_LRN_KERNELS(DEVICE_GPU, GPUDevice, Eigen::half)
+REGISTER_LRN_KERNELS(DEVICE_GPU, GPUDevice, Eigen::bfloat16)
+REGISTER_LRN_KERNELS(DEVICE_GPU, GPUDevice, float)
+REGISTER_LRN_KERNELS(DEVICE_GPU, GPUDevice, double)
+#endif  // GOOGLE_CUDA
+
+#undef REGISTER_LRN_KERNELS
+
+}  // namespace alexnet_tf

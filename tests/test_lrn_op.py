@@ -1,0 +1,258 @@
+"""The compiled LRN op against the formula in NumPy float64 and against TensorFlow's LRN."""
+
+import os
+import shutil
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import layers, ops
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tools"))
+import lrn_reference  # noqa: E402
+
+# Largest relative error (max |error| / max |reference|) accepted per dtype:
+# a few units of the storage type's precision.
+TOLERANCE = {tf.float64: 1e-10, tf.float32: 1e-5, tf.float16: 3e-3, tf.bfloat16: 2e-2}
+
+
+def random_case(seed):
+    """A random shape and random parameters: radius up to 12 (beyond the direct
+    window path), alpha and beta up to 2, half the cases at the paper's beta.
+    bias, alpha and beta are float32 attributes of the op (as of TensorFlow's
+    LRN), so they are drawn as float32 values."""
+    rng = np.random.default_rng(seed)
+    channels = int(rng.integers(1, 33))
+    shape = (int(rng.integers(1, 4)), int(rng.integers(1, 6)), int(rng.integers(1, 6)), channels)
+    params = dict(
+        depth_radius=int(rng.integers(0, min(channels, 13))),
+        bias=float(np.float32(rng.uniform(0.5, 3.0))),
+        alpha=float(np.float32(rng.uniform(0.0, 2.0))),
+        beta=0.75 if seed % 2 else float(np.float32(rng.uniform(0.0, 2.0))),
+    )
+    x = rng.standard_normal(shape) * rng.uniform(0.1, 3.0)
+    dy = rng.standard_normal(shape)
+    return x, dy, params
+
+
+def relative_error(actual, expected):
+    actual = np.asarray(tf.cast(actual, tf.float64))
+    return np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30)
+
+
+def stored(x, dtype):
+    """x rounded to dtype, back in float64: the reference sees what the kernel sees."""
+    return np.asarray(tf.cast(tf.cast(x, dtype), tf.float64))
+
+
+def forward_and_gradient(x, dy, **params):
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = ops.local_response_normalization(x, **params)
+    return y, tape.gradient(y, x, output_gradients=tf.cast(dy, x.dtype))
+
+
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float32, tf.float16, tf.bfloat16])
+@pytest.mark.parametrize("seed", range(12))
+def test_forward_and_gradient_match_float64_formula(seed, dtype):
+    x, dy, params = random_case(seed)
+    if dtype in (tf.float16, tf.bfloat16):
+        params["alpha"] = min(params["alpha"], 0.5)  # keep squares within float16 range
+    xs, dys = stored(x, dtype), stored(dy, dtype)
+    y, dx = forward_and_gradient(tf.cast(x, dtype), tf.cast(dy, dtype), **params)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert relative_error(y, lrn_reference.lrn(xs, **params)) < TOLERANCE[dtype]
+    grad_tolerance = TOLERANCE[dtype] * (4 if dtype in (tf.float16, tf.bfloat16) else 1)
+    assert relative_error(dx, lrn_reference.lrn_grad(dys, xs, **params)) < grad_tolerance
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_float32_within_1e4_of_reference_elementwise(seed):
+    x, dy, params = random_case(100 + seed)
+    y, dx = forward_and_gradient(tf.constant(x, tf.float32), tf.constant(dy, tf.float32), **params)
+    xs, dys = stored(x, tf.float32), stored(dy, tf.float32)
+    np.testing.assert_allclose(y, lrn_reference.lrn(xs, **params), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dx, lrn_reference.lrn_grad(dys, xs, **params), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_forward_matches_tensorflow_lrn(seed):
+    x, _, params = random_case(200 + seed)
+    x = tf.constant(x, tf.float32)
+    ours = ops.local_response_normalization(x, **params)
+    theirs = tf.nn.local_response_normalization(x, **params)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-5, atol=1e-6)
+
+
+def test_paper_defaults_match_tensorflow_lrn_and_its_gradient():
+    rng = np.random.default_rng(7)
+    x = tf.constant(np.maximum(rng.standard_normal((2, 9, 9, 96)), 0) * 30, tf.float32)
+    dy = tf.constant(rng.standard_normal((2, 9, 9, 96)), tf.float32)
+    paper = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+
+    def tf_lrn(t):
+        return tf.nn.local_response_normalization(t, **paper)
+
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        ours, theirs = ops.local_response_normalization(x), tf_lrn(x)
+    np.testing.assert_allclose(ours, theirs, rtol=2e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        tape.gradient(ours, x, dy), tape.gradient(theirs, x, dy), rtol=1e-4, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("depth_radius", [0, 2, 10])
+def test_numerical_gradient_float64(depth_radius):
+    rng = np.random.default_rng(depth_radius)
+    x = tf.constant(rng.standard_normal((2, 2, 3, 12)) * 2, tf.float64)
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda t: ops.local_response_normalization(
+            t, depth_radius=depth_radius, bias=1.3, alpha=0.7, beta=0.6
+        ),
+        [x],
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_at_zero_input_is_bias_to_minus_beta():
+    # With x = 0 the window sums vanish: y = x bias^-beta, so dx = dy bias^-beta.
+    dy = np.random.default_rng(3).standard_normal((2, 3, 3, 8))
+    _, dx = forward_and_gradient(tf.zeros((2, 3, 3, 8), tf.float64), dy, bias=2.0, beta=0.75)
+    np.testing.assert_allclose(dx, dy * 2.0**-0.75, rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [tf.float16, tf.bfloat16])
+def test_low_precision_gradients_agree_with_float32(dtype):
+    rng = np.random.default_rng(11)
+    x = tf.cast(rng.standard_normal((2, 5, 5, 48)) * 3, dtype)
+    dy = tf.cast(rng.standard_normal((2, 5, 5, 48)), dtype)
+    _, dx_low = forward_and_gradient(x, dy, alpha=0.1)
+    _, dx_32 = forward_and_gradient(tf.cast(x, tf.float32), tf.cast(dy, tf.float32), alpha=0.1)
+    assert relative_error(dx_low, np.asarray(dx_32, np.float64)) < TOLERANCE[dtype] * 2
+
+
+def test_works_in_tf_function_tf_data_and_keras_layer():
+    x = tf.constant(np.random.default_rng(5).standard_normal((4, 3, 3, 16)), tf.float32)
+    expected = lrn_reference.lrn(x.numpy(), 2, 2.0, 1e-4, 0.75)
+
+    traced = tf.function(ops.local_response_normalization)(x)
+    np.testing.assert_allclose(traced, expected, rtol=1e-5)
+
+    mapped = next(iter(tf.data.Dataset.from_tensors(x).map(ops.local_response_normalization)))
+    np.testing.assert_allclose(mapped, expected, rtol=1e-5)
+
+    layer = layers.LocalResponseNormalization()
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-5)
+    clone = layers.LocalResponseNormalization.from_config(layer.get_config())
+    assert (clone.depth_radius, clone.bias, clone.alpha, clone.beta) == (2, 2.0, 1e-4, 0.75)
+
+    inputs = keras.Input((3, 3, 16))
+    model = keras.Model(inputs, layers.LocalResponseNormalization(depth_radius=3, alpha=0.5)(inputs))
+    np.testing.assert_allclose(
+        model(x), lrn_reference.lrn(x.numpy(), 3, 2.0, 0.5, 0.75), rtol=1e-5
+    )
+
+
+def test_reference_implementation_matches_the_op():
+    x, _, params = random_case(300)
+    x = tf.constant(x, tf.float32)
+    np.testing.assert_allclose(
+        ops.local_response_normalization_reference(x, **params),
+        ops.local_response_normalization(x, **params),
+        rtol=2e-5,
+        atol=1e-6,
+    )
+
+
+def test_empty_batch_gives_empty_output_and_gradient():
+    y, dx = forward_and_gradient(tf.zeros((0, 5, 5, 8)), tf.zeros((0, 5, 5, 8)))
+    assert y.shape == (0, 5, 5, 8) and dx.shape == (0, 5, 5, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(depth_radius=-1), "depth_radius must be a non-negative integer, got -1"),
+        (dict(bias=0.0), "bias must be > 0, got 0.0"),
+        (dict(bias=-1.0), "bias must be > 0, got -1.0"),
+        (dict(beta=-0.5), "beta must be >= 0, got -0.5"),
+        (dict(alpha=-1e-4), "alpha must be >= 0, got -0.0001"),
+        (dict(depth_radius=8), "depth_radius 8 is wider than the 8 channels"),
+    ],
+)
+def test_bad_parameters_raise_invalid_argument(kwargs, message):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        ops.local_response_normalization(tf.ones((1, 2, 2, 8)), **kwargs)
+
+
+def test_bad_dtype_and_rank_raise_invalid_argument():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dtype int32 is not supported"):
+        ops.local_response_normalization(tf.ones((1, 2, 2, 8), tf.int32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"rank 4 \(NHWC\), got shape \(2, 8\)"):
+        ops.local_response_normalization(tf.ones((2, 8)))
+
+
+@pytest.mark.parametrize(
+    "attrs, message",
+    [
+        (dict(depth_radius=-2), "depth_radius must be a non-negative integer, got -2"),
+        (dict(bias=0.0), "bias must be > 0"),
+        (dict(beta=-1.0), "beta must be >= 0"),
+        (dict(alpha=-1.0), "alpha must be >= 0"),
+    ],
+)
+def test_kernel_rejects_bad_attributes_itself(attrs, message):
+    # The raw op, without the Python checks: the C++ kernel must refuse too.
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+        ops.load_library().alexnet_tf_local_response_norm(tf.ones((1, 2, 2, 8)), **attrs)
+
+
+def test_kernel_rejects_shapes_known_only_at_run_time():
+    lrn = tf.function(
+        ops.local_response_normalization, input_signature=[tf.TensorSpec(None, tf.float32)]
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"must be 4-D \(NHWC\), got shape \[3,4\]"):
+        lrn(tf.ones((3, 4)))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="depth_radius 2 is wider than the channels"):
+        lrn(tf.ones((1, 2, 2, 2)))
+    grad = ops.load_library().alexnet_tf_local_response_norm_grad
+    with pytest.raises(tf.errors.InvalidArgumentError, match="same shape"):
+        tf.function(grad, input_signature=[tf.TensorSpec(None), tf.TensorSpec(None)])(
+            tf.ones((1, 2, 2, 8)), tf.ones((1, 2, 3, 8))
+        )
+
+
+def _use_library_copy(tmp_path, monkeypatch, replace):
+    """Points the loader at a copy of the built library with some bytes replaced."""
+    (library,) = [f for f in os.listdir(ops._LIBRARY_DIR) if f.startswith("_lrn_ops") and f.endswith(".so")]
+    target = tmp_path / library
+    shutil.copy(os.path.join(ops._LIBRARY_DIR, library), target)
+    target.write_bytes(target.read_bytes().replace(*replace))
+    monkeypatch.setattr(ops, "_LIBRARY_DIR", str(tmp_path))
+    ops.load_library.cache_clear()
+
+
+def test_library_built_for_another_tensorflow_is_refused_with_rebuild_message(tmp_path, monkeypatch):
+    stamp = f"built-for-tensorflow={tf.__version__};".encode()
+    other = b"built-for-tensorflow=" + b"9" * len(tf.__version__) + b";"
+    _use_library_copy(tmp_path, monkeypatch, replace=(stamp, other))
+    try:
+        with pytest.raises(ops.OpLibraryError, match=r"built against TensorFlow 9+.*Rebuild"):
+            ops.load_library()
+    finally:
+        ops.load_library.cache_clear()
+
+
+def test_missing_library_says_how_to_build(tmp_path, monkeypatch):
+    monkeypatch.setattr(ops, "_LIBRARY_DIR", str(tmp_path))
+    ops.load_library.cache_clear()
+    try:
+        with pytest.raises(ops.OpLibraryError, match="not found.*pip install --no-build-isolation"):
+            ops.load_library()
+    finally:
+        ops.load_library.cache_clear()
