@@ -1,0 +1,146 @@
+"""The paper's learning rule (Section 5): momentum SGD with weight decay, and its schedule.
+
+    v <- 0.9 v - 0.0005 lr w - lr <dL/dw>_batch
+    w <- w + v
+
+written out as the paper states it, not through a Keras optimizer whose update
+differs (Keras' SGD folds the learning rate into the velocity differently and
+has no decay term on the weights alone).
+"""
+
+import math
+
+import tensorflow as tf
+
+# Section 5: "batch size of 128 examples, momentum of 0.9, and weight decay of 0.0005".
+PAPER_MOMENTUM = 0.9
+PAPER_WEIGHT_DECAY = 0.0005
+# "The learning rate was initialized at 0.01 ... divide the learning rate by 10 when
+# the validation error rate stopped improving ... reduced three times prior to termination."
+PAPER_LEARNING_RATE = 0.01
+PAPER_LR_FACTOR = 0.1
+PAPER_LR_REDUCTIONS = 3
+
+
+def is_bias(variable):
+    """Biases are the rank-1 variables: the network has no other (no batch norm)."""
+    return len(variable.shape) == 1
+
+
+class PaperMomentumSGD(tf.Module):
+    """Momentum SGD with the paper's update and weight decay.
+
+    Args:
+      variables: the trainable variables, in the order gradients will be given.
+      momentum, weight_decay: the paper's 0.9 and 0.0005 by default.
+      decay_biases: also decay biases. cuda-convnet2, the authors' code, decays
+        weights only, which is the default here.
+    """
+
+    def __init__(self, variables, momentum=PAPER_MOMENTUM, weight_decay=PAPER_WEIGHT_DECAY,
+                 decay_biases=False, name=None):
+        super().__init__(name=name)
+        self.momentum = float(momentum)
+        self.weight_decay = float(weight_decay)
+        self.decay_biases = bool(decay_biases)
+        self._decays = [
+            0.0 if (is_bias(v) and not decay_biases) else self.weight_decay for v in variables
+        ]
+        with tf.name_scope("velocity"):
+            self.velocities = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="velocity")
+                for v in variables
+            ]
+
+    def apply(self, gradients, variables, learning_rate):
+        """One step: v <- m v - d lr w - lr g; w <- w + v, for each variable."""
+        if len(gradients) != len(self.velocities):
+            raise ValueError(
+                f"Got {len(gradients)} gradients for {len(self.velocities)} variables."
+            )
+        for gradient, variable, velocity, decay in zip(
+            gradients, variables, self.velocities, self._decays
+        ):
+            lr = tf.cast(learning_rate, variable.dtype)
+            w = tf.convert_to_tensor(variable)
+            step = self.momentum * velocity - lr * tf.cast(gradient, variable.dtype)
+            if decay:
+                step -= decay * lr * w
+            velocity.assign(step)
+            variable.assign_add(step)
+
+
+class PlateauSchedule(tf.Module):
+    """Divide the learning rate by 10 when the validation error stops improving.
+
+    The paper does this by hand, three times in 90 epochs. Here an epoch whose
+    validation error is not at least `min_delta` below the best so far counts
+    against `patience`; after `patience` such epochs in a row the rate is
+    multiplied by `factor`, at most `max_reductions` times. The state lives in
+    variables so that checkpoints carry it.
+    """
+
+    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, patience=3, min_delta=0.001,
+                 factor=PAPER_LR_FACTOR, max_reductions=PAPER_LR_REDUCTIONS, name=None):
+        super().__init__(name=name)
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self.factor = float(factor)
+        self.max_reductions = int(max_reductions)
+        self.learning_rate = tf.Variable(float(initial_learning_rate), trainable=False,
+                                         name="learning_rate")
+        self.best_error = tf.Variable(math.inf, trainable=False, dtype=tf.float64,
+                                      name="best_error")
+        self.epochs_without_improvement = tf.Variable(0, trainable=False,
+                                                      name="epochs_without_improvement")
+        self.reductions = tf.Variable(0, trainable=False, name="reductions")
+
+    def end_epoch(self, epoch, validation_error):
+        """Records an epoch's validation error; returns True if the rate was reduced."""
+        del epoch
+        if validation_error < float(self.best_error) - self.min_delta:
+            self.best_error.assign(validation_error)
+            self.epochs_without_improvement.assign(0)
+            return False
+        self.epochs_without_improvement.assign_add(1)
+        if (int(self.epochs_without_improvement) >= self.patience
+                and int(self.reductions) < self.max_reductions):
+            self.learning_rate.assign(float(self.learning_rate) * self.factor)
+            self.reductions.assign_add(1)
+            self.epochs_without_improvement.assign(0)
+            return True
+        return False
+
+
+class StepSchedule(tf.Module):
+    """The alternative to the plateau rule: multiply by `factor` at fixed epochs."""
+
+    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, boundaries=(30, 60, 80),
+                 factor=PAPER_LR_FACTOR, name=None):
+        super().__init__(name=name)
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.boundaries = sorted(int(b) for b in boundaries)
+        self.factor = float(factor)
+        self.learning_rate = tf.Variable(self.initial_learning_rate, trainable=False,
+                                         name="learning_rate")
+
+    def rate_for_epoch(self, epoch):
+        """The rate for training epoch `epoch` (0-based)."""
+        passed = sum(1 for b in self.boundaries if epoch >= b)
+        return self.initial_learning_rate * self.factor**passed
+
+    def end_epoch(self, epoch, validation_error):
+        """Sets the rate for the epoch after `epoch`; returns True if it changed."""
+        del validation_error
+        new_rate = self.rate_for_epoch(epoch + 1)
+        changed = not math.isclose(new_rate, float(self.learning_rate), rel_tol=1e-6)
+        self.learning_rate.assign(new_rate)
+        return changed
+
+
+def top_k_error(logits, labels, k):
+    """Fraction of examples whose label is not among the k highest scores (Section 4's
+    top-1 and top-5 error rates). `logits` may be probabilities; ties count as hits."""
+    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    hits = tf.math.in_top_k(labels, tf.cast(logits, tf.float32), k)
+    return 1.0 - tf.reduce_mean(tf.cast(hits, tf.float32))
