@@ -139,6 +139,11 @@ setup(
         "numpy>=1.26",
         "absl-py>=2.1",
         "tqdm>=4.66",
+        # tf.summary.image and .histogram need it, and TensorFlow 2.21 no longer
+        # depends on it.
+        "tensorboard>=2.20",
+        # tensorflow-datasets imports it for its imagenet2012 builder without declaring it.
+        "importlib_resources",
     ],
     extras_require={
         # The compiled op is tied to the exact TensorFlow minor version it was

@@ -1,0 +1,335 @@
+"""Where the images come from: ImageNet through TFDS, or a folder of class folders.
+
+`load_source` turns either into a `Source` whose streams all look the same: dicts of
+"image", "label" (int64) and "id" (a stable string naming the example). The streams
+come encoded (`encoded_train`, `encoded_validation`: "image" is the file's bytes,
+what the fast training path decodes only in part) and decoded (`train`, `validation`:
+"image" is uint8 [H, W, 3]). Images that cannot be decoded are dropped wherever they
+are decoded and counted in `Source.corrupt_counter`; missing inputs fail here, before
+anything runs, naming what is missing and where it was looked for.
+
+ImageNet (ILSVRC-2012) is prepared by TFDS's own `imagenet2012` builder from
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in a manual directory, once;
+nothing is downloaded. `write_rescaled_image_folder` optionally does Section 2's
+rescale to 256 once, for any source, into an image folder that reads about twice
+as fast.
+"""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_tf import input_pipeline
+
+IMAGENET2012 = "imagenet2012"
+IMAGE_FOLDER = "image_folder"
+DATASETS = (IMAGENET2012, IMAGE_FOLDER)
+
+IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
+IMAGENET_VALIDATION_TAR = "ILSVRC2012_img_val.tar"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+TRAIN_FOLDER = "train"
+VALIDATION_FOLDER = "val"
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A dataset's training and validation examples and its class names.
+
+    `num_train_examples` and `num_validation_examples` count the files, including any
+    that later turn out to be corrupt (`corrupt_count()` says how many were dropped so
+    far). `encoded_train` is shuffled at file level (TFDS: shard level), anew each pass,
+    from the seed given to `load_source`; the validation streams keep a fixed order.
+    """
+
+    name: str
+    class_names: list
+    num_train_examples: int
+    num_validation_examples: int
+    encoded_train: tf.data.Dataset
+    encoded_validation: tf.data.Dataset
+    corrupt_counter: input_pipeline.CorruptImageCounter
+    dct_method: str = input_pipeline.DEFAULT_DCT_METHOD
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def train(self):
+        """Training examples with decoded uint8 [H, W, 3] images."""
+        return input_pipeline.decode_examples(
+            self.encoded_train, self.corrupt_counter, self.dct_method
+        )
+
+    @property
+    def validation(self):
+        """Validation examples with decoded uint8 [H, W, 3] images."""
+        return input_pipeline.decode_examples(
+            self.encoded_validation, self.corrupt_counter, self.dct_method
+        )
+
+    def corrupt_count(self):
+        """How many examples have been dropped so far because their image would not decode."""
+        return self.corrupt_counter.count()
+
+
+def load_source(dataset, data_dir, manual_dir=None, val_fraction=0.0, seed=0):
+    """The `Source` for `dataset` ("imagenet2012" or "image_folder").
+
+    imagenet2012: `data_dir` is the TFDS data directory; if the dataset is not prepared
+    there yet, TFDS's builder prepares it from the two ILSVRC-2012 tars in `manual_dir`.
+    image_folder: `data_dir` holds train/ and optionally val/, each with one folder of
+    JPEG or PNG files per class; without val/, `val_fraction` of each class's training
+    files (chosen by `seed`) is held out for validation.
+    """
+    if dataset == IMAGENET2012:
+        if val_fraction:
+            raise ValueError(
+                "val_fraction applies to image_folder; ImageNet has its own validation set."
+            )
+        return _load_imagenet2012(data_dir, manual_dir, seed)
+    if dataset == IMAGE_FOLDER:
+        if manual_dir:
+            raise ValueError("manual_dir applies to imagenet2012 only.")
+        return _load_image_folder(data_dir, val_fraction, seed)
+    raise ValueError(f"Unknown dataset {dataset!r}; expected one of {DATASETS}.")
+
+
+# ----------------------------------------------------------------------------------
+# ImageNet through TFDS.
+
+
+def _check_imagenet_tars(manual_dir, dataset_dir):
+    looked = f"TFDS found no prepared imagenet2012 in {dataset_dir}"
+    if not manual_dir:
+        raise FileNotFoundError(
+            f"{looked}, and no manual_dir was given to prepare it from. Put "
+            f"{IMAGENET_TRAIN_TAR} and {IMAGENET_VALIDATION_TAR} in a directory and pass it "
+            "as manual_dir (--manual_dir)."
+        )
+    missing = [
+        name
+        for name in (IMAGENET_TRAIN_TAR, IMAGENET_VALIDATION_TAR)
+        if not tf.io.gfile.exists(os.path.join(manual_dir, name))
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{looked}, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} "
+            f"missing from manual_dir {manual_dir}. Both {IMAGENET_TRAIN_TAR} and "
+            f"{IMAGENET_VALIDATION_TAR} (from image-net.org) are needed; nothing is downloaded."
+        )
+
+
+def _load_imagenet2012(data_dir, manual_dir, seed):
+    # TFDS takes seconds to import; only ImageNet needs it.
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(IMAGENET2012, data_dir=data_dir)
+    if not builder.is_prepared():
+        _check_imagenet_tars(manual_dir, os.fspath(builder.data_path))
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(
+                manual_dir=manual_dir, try_download_gcs=False
+            )
+        )
+
+    def read(split, shuffle):
+        examples = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+        )
+        return examples.map(
+            lambda example: {
+                "image": example["image"],
+                "label": example["label"],
+                "id": example["file_name"],
+            }
+        )
+
+    splits = builder.info.splits
+    return Source(
+        name=IMAGENET2012,
+        class_names=list(builder.info.features["label"].names),
+        num_train_examples=splits["train"].num_examples,
+        num_validation_examples=splits["validation"].num_examples,
+        encoded_train=read("train", shuffle=True),
+        encoded_validation=read("validation", shuffle=False),
+        corrupt_counter=input_pipeline.CorruptImageCounter(),
+    )
+
+
+# ----------------------------------------------------------------------------------
+# A folder of class folders.
+
+
+def _list_images(class_dir):
+    """Paths of the image files under class_dir, sorted; hidden files and others skipped."""
+    paths = []
+    for directory, subdirectories, files in tf.io.gfile.walk(class_dir):
+        subdirectories[:] = [name for name in subdirectories if not name.startswith(".")]
+        paths.extend(
+            os.path.join(directory, name)
+            for name in files
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+        )
+    return sorted(paths)
+
+
+def _class_folders(split_dir):
+    if not tf.io.gfile.isdir(split_dir):
+        raise FileNotFoundError(
+            f"Image folder {split_dir} does not exist; expected {split_dir}/<class>/<image>"
+            f" with one folder per class of {'/'.join(IMAGE_EXTENSIONS)} files."
+        )
+    names = sorted(
+        name.rstrip("/")
+        for name in tf.io.gfile.listdir(split_dir)
+        if not name.startswith(".") and tf.io.gfile.isdir(os.path.join(split_dir, name))
+    )
+    if not names:
+        raise FileNotFoundError(f"Image folder {split_dir} has no class folders.")
+    return names
+
+
+def _scan_split(split_dir, class_index):
+    """(paths, labels) of every image in split_dir's class folders; no empty class allowed."""
+    paths, labels, empty = [], [], []
+    for name in _class_folders(split_dir):
+        if name not in class_index:
+            raise ValueError(
+                f"Class folder {os.path.join(split_dir, name)} has no counterpart in the "
+                "training folder, so it has no label."
+            )
+        images = _list_images(os.path.join(split_dir, name))
+        if not images:
+            empty.append(os.path.join(split_dir, name))
+        paths.extend(images)
+        labels.extend([class_index[name]] * len(images))
+    if empty:
+        raise ValueError(
+            f"Class folder(s) with no {'/'.join(IMAGE_EXTENSIONS)} files: {', '.join(empty)}."
+        )
+    return paths, labels
+
+
+def _hold_out(paths, labels, val_fraction, seed):
+    """Splits off round(val_fraction * n) files of every class, chosen by seed."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction}.")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    held_out = np.zeros(len(paths), bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = min(int(round(val_fraction * len(members))), len(members) - 1)
+        held_out[rng.permutation(members)[:count]] = True
+    paths = np.asarray(paths, object)
+    return (
+        (list(paths[~held_out]), list(labels[~held_out])),
+        (list(paths[held_out]), list(labels[held_out])),
+    )
+
+
+def _file_examples(paths, labels, root, shuffle_seed=None):
+    """{"image": file bytes, "label", "id": path relative to root} for a file list."""
+    ids = [os.path.relpath(path, root) for path in paths]
+    examples = tf.data.Dataset.from_tensor_slices(
+        {
+            "path": tf.constant(paths, tf.string),
+            "label": tf.constant(labels, tf.int64),
+            "id": tf.constant(ids, tf.string),
+        }
+    )
+    if shuffle_seed is not None and paths:
+        examples = examples.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return examples.map(
+        lambda example: {
+            "image": tf.io.read_file(example["path"]),
+            "label": example["label"],
+            "id": example["id"],
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def _load_image_folder(data_dir, val_fraction, seed):
+    if not data_dir or not tf.io.gfile.isdir(data_dir):
+        raise FileNotFoundError(f"Image folder dataset directory {data_dir!r} does not exist.")
+    train_dir = os.path.join(data_dir, TRAIN_FOLDER)
+    validation_dir = os.path.join(data_dir, VALIDATION_FOLDER)
+    class_names = _class_folders(train_dir)
+    class_index = {name: index for index, name in enumerate(class_names)}
+    train = _scan_split(train_dir, class_index)
+    if tf.io.gfile.isdir(validation_dir):
+        if val_fraction:
+            raise ValueError(
+                f"{validation_dir} exists, so no val_fraction of the training files is held out;"
+                " remove one or the other."
+            )
+        validation = _scan_split(validation_dir, class_index)
+    elif val_fraction:
+        train, validation = _hold_out(*train, val_fraction, seed)
+    else:
+        validation = ([], [])
+    return Source(
+        name=IMAGE_FOLDER,
+        class_names=class_names,
+        num_train_examples=len(train[0]),
+        num_validation_examples=len(validation[0]),
+        encoded_train=_file_examples(*train, data_dir, shuffle_seed=seed),
+        encoded_validation=_file_examples(*validation, data_dir),
+        corrupt_counter=input_pipeline.CorruptImageCounter(),
+    )
+
+
+# ----------------------------------------------------------------------------------
+# Rescaling once.
+
+
+def _output_name(example_id):
+    """A flat, unique JPEG file name for an example id such as train/cat/a.png."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", example_id)
+    return name if name.lower().endswith((".jpg", ".jpeg")) else f"{name}.jpg"
+
+
+def write_rescaled_image_folder(
+    source, output_dir, image_size=input_pipeline.PAPER_IMAGE_SIZE, quality=95
+):
+    """Writes every image's central square, rescaled to image_size, as an image folder.
+
+    The result (output_dir/train/<class>/..., output_dir/val/<class>/...) is read with
+    `load_source("image_folder", output_dir)`. Section 2's rescale then happens once
+    instead of on every read, and each read decodes a 256x256 JPEG instead of a
+    ~500x375 one: about twice the training images/s (tools/bench_input_pipeline.py),
+    for one pass over the data, the disk space and a second JPEG encoding. Corrupt
+    images are skipped and counted as everywhere else. Returns {split: images written}.
+    """
+
+    def rescale(index, example):
+        del index
+        image = input_pipeline.decode_crop_and_resize(
+            example["image"], image_size, image_size, 0, 0, source.dct_method
+        )
+        jpeg = tf.io.encode_jpeg(tf.cast(tf.round(image), tf.uint8), quality=quality)
+        return jpeg, example["label"], example["id"]
+
+    written = {}
+    splits = ((TRAIN_FOLDER, source.encoded_train), (VALIDATION_FOLDER, source.encoded_validation))
+    for split, examples in splits:
+        rescaled = input_pipeline.map_skipping_corrupt(examples, rescale, source.corrupt_counter)
+        written[split] = 0
+        for jpeg, label, example_id in rescaled.as_numpy_iterator():
+            directory = os.path.join(output_dir, split, source.class_names[label])
+            tf.io.gfile.makedirs(directory)
+            path = os.path.join(directory, _output_name(example_id.decode()))
+            with tf.io.gfile.GFile(path, "wb") as f:
+                f.write(jpeg)
+            written[split] += 1
+    return written
