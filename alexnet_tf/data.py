@@ -18,6 +18,7 @@ as fast.
 import dataclasses
 import os
 import re
+import typing
 
 import numpy as np
 import tensorflow as tf
@@ -42,7 +43,9 @@ class Source:
     `num_train_examples` and `num_validation_examples` count the files, including any
     that later turn out to be corrupt (`corrupt_count()` says how many were dropped so
     far). `encoded_train` is shuffled at file level (TFDS: shard level), anew each pass,
-    from the seed given to `load_source`; the validation streams keep a fixed order.
+    from the seed given to `load_source`; `train_for_epoch(epoch)` is the same stream in
+    an order fixed by that seed and `epoch` alone, so that a run resumed in the middle of
+    an epoch replays the epoch's order. The validation streams keep a fixed order.
     """
 
     name: str
@@ -52,7 +55,12 @@ class Source:
     encoded_train: tf.data.Dataset
     encoded_validation: tf.data.Dataset
     corrupt_counter: input_pipeline.CorruptImageCounter
+    epoch_train: typing.Callable[[int], tf.data.Dataset]
     dct_method: str = input_pipeline.DEFAULT_DCT_METHOD
+
+    def train_for_epoch(self, epoch):
+        """Encoded training examples, shuffled by (seed, epoch) only."""
+        return self.epoch_train(epoch)
 
     @property
     def num_classes(self):
@@ -137,12 +145,12 @@ def _load_imagenet2012(data_dir, manual_dir, seed):
             )
         )
 
-    def read(split, shuffle):
+    def read(split, shuffle, shuffle_seed=seed):
         examples = builder.as_dataset(
             split=split,
             shuffle_files=shuffle,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(shuffle_seed=seed, try_autocache=False),
+            read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, try_autocache=False),
         )
         return examples.map(
             lambda example: {
@@ -159,6 +167,7 @@ def _load_imagenet2012(data_dir, manual_dir, seed):
         num_train_examples=splits["train"].num_examples,
         num_validation_examples=splits["validation"].num_examples,
         encoded_train=read("train", shuffle=True),
+        epoch_train=lambda epoch: read("train", shuffle=True, shuffle_seed=_epoch_seed(seed, epoch)),
         encoded_validation=read("validation", shuffle=False),
         corrupt_counter=input_pipeline.CorruptImageCounter(),
     )
@@ -236,7 +245,11 @@ def _hold_out(paths, labels, val_fraction, seed):
     )
 
 
-def _file_examples(paths, labels, root, shuffle_seed=None):
+def _epoch_seed(seed, epoch):
+    return seed * 1_000_003 + epoch
+
+
+def _file_examples(paths, labels, root, shuffle_seed=None, reshuffle=True):
     """{"image": file bytes, "label", "id": path relative to root} for a file list."""
     ids = [os.path.relpath(path, root) for path in paths]
     examples = tf.data.Dataset.from_tensor_slices(
@@ -247,7 +260,9 @@ def _file_examples(paths, labels, root, shuffle_seed=None):
         }
     )
     if shuffle_seed is not None and paths:
-        examples = examples.shuffle(len(paths), seed=shuffle_seed, reshuffle_each_iteration=True)
+        examples = examples.shuffle(
+            len(paths), seed=shuffle_seed, reshuffle_each_iteration=reshuffle
+        )
     return examples.map(
         lambda example: {
             "image": tf.io.read_file(example["path"]),
@@ -284,6 +299,9 @@ def _load_image_folder(data_dir, val_fraction, seed):
         num_train_examples=len(train[0]),
         num_validation_examples=len(validation[0]),
         encoded_train=_file_examples(*train, data_dir, shuffle_seed=seed),
+        epoch_train=lambda epoch: _file_examples(
+            *train, data_dir, shuffle_seed=_epoch_seed(seed, epoch), reshuffle=False
+        ),
         encoded_validation=_file_examples(*validation, data_dir),
         corrupt_counter=input_pipeline.CorruptImageCounter(),
     )

@@ -354,3 +354,19 @@ def test_rescaled_copy_is_an_image_folder_of_central_squares(folder, tmp_path_fa
         "val/cat/val_cat_v1.jpg",
         "val/dog/val_dog_v2.png.jpg",
     }
+
+
+def epoch_ids(source, epoch):
+    return [example["id"].numpy().decode() for example in source.train_for_epoch(epoch)]
+
+
+def test_epoch_order_depends_only_on_seed_and_epoch(tmp_path):
+    for k in range(12):
+        folder = tmp_path / "train" / f"class_{k % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{k}.png").write_bytes(b"not decoded here")
+    first = data.load_source("image_folder", str(tmp_path), seed=5)
+    resumed = data.load_source("image_folder", str(tmp_path), seed=5)  # a new process, say
+    assert epoch_ids(first, 3) == epoch_ids(first, 3) == epoch_ids(resumed, 3)
+    assert sorted(epoch_ids(first, 3)) == sorted(epoch_ids(first, 4))
+    assert epoch_ids(first, 3) != epoch_ids(first, 4)
