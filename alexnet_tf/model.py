@@ -1,0 +1,706 @@
+"""AlexNet (Krizhevsky, Sutskever and Hinton, NIPS 2012) as a Keras 3 functional model.
+
+The network of Section 3 and Figure 2: five convolutional and three fully connected
+layers, split into two towers that each hold half the kernels of every layer (the
+paper's two GPUs, Section 3.2). conv2, conv4 and conv5 see only their own tower;
+conv3 and the fully connected layers see both.
+
+Every layer of Figure 2 is one named layer of the model ("conv1", "lrn1", "pool1",
+..., "fc8"). Its output is the list of its towers' outputs (tower 0 first), except
+"fc7", whose output is the whole 4096-d feature of Figure 4, and the single-device
+"dropout7" and "fc8" after it.
+
+Placement: with `tower_devices`, every op of tower k runs on device k, forward and
+backward, and tensors cross between devices only where the paper's GPUs talk (the
+inputs of conv3 and of the fully connected layers). A `with tf.device(...)` around
+the model's construction would not do this: Keras does not replay it when the model
+runs, and a `tf.GradientTape` creates gradient ops with no device at all, so the
+default placer would put both towers' backward passes on one device. Each tower's
+computation is therefore a `tf.custom_gradient` function that runs its forward ops
+and its gradient ops under the tower's device (`_call_on_device`).
+"""
+
+import contextlib
+import dataclasses
+import itertools
+import math
+
+import keras
+import tensorflow as tf
+
+from alexnet_tf import layers as alexnet_layers
+
+# Section 3.2: half of the kernels (or neurons) on each of two GPUs.
+PAPER_TOWERS = 2
+
+# Section 3.4: overlapping pooling, z = 3 and s = 2; the ablation is z = s = 2.
+PAPER_POOL_SIZE = 3
+PAPER_POOL_STRIDE = 2
+NON_OVERLAPPING_POOL_SIZE = 2
+
+# Section 4.2: dropout with probability 0.5 in the first two fully connected layers.
+PAPER_DROPOUT_RATE = 0.5
+
+# Section 5: weights from N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5
+# and the fully connected hidden layers (to give the ReLUs positive inputs early),
+# 0 in the remaining layers. conv6 is not in the paper's list; it gets 1 like the
+# convolutional layers it follows.
+PAPER_WEIGHT_STDDEV = 0.01
+PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7")
+
+ACTIVATIONS = ("relu", "tanh")
+
+# Inputs per output neuron of each layer of the paper's net (Section 3.5): kernel
+# area x input maps, or inputs of a fully connected layer. conv6 (not in the paper)
+# sees its tower's 128 pool5 maps.
+PAPER_FAN_IN = {
+    "conv1": 11 * 11 * 3,
+    "conv2": 5 * 5 * 48,
+    "conv3": 3 * 3 * 256,
+    "conv4": 3 * 3 * 192,
+    "conv5": 3 * 3 * 192,
+    "conv6": 3 * 3 * 128,
+    "fc6": 6 * 6 * 256,
+    "fc7": 4096,
+    "fc8": 4096,
+}
+
+# "paper": every weight from N(0, 0.01) (Section 5). "scaled": each layer's standard
+# deviation is 0.01 * sqrt(paper fan-in / fan-in), so that it scales its input by the
+# same factor as the paper's layer does; for the paper's net the two are the same.
+# A narrower net needs it: with N(0, 0.01) the small variant's layers shrink the
+# signal 2-4 times more each than the paper's do, its logits hardly depend on the
+# image, and on Fashion-MNIST (0-255 pixels less the mean, the paper's SGD at 0.01)
+# it stays at chance for 150 steps, where "scaled" reaches 74% test accuracy.
+WEIGHT_INITS = ("paper", "scaled")
+DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
+
+# How conv1 treats the border of the crop. A 224 crop gives the paper's 55x55 only
+# if the last 11x11 window hangs over the bottom and right edge: cuda-convnet2 does
+# this (zeros beyond the edge, 3 pixels here), so it is the default. Caffe instead
+# takes a 227 crop with no padding ("valid"). The small variant keeps its input size.
+CONV1_PADDINGS = ("overhang", "valid", "same")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetSize:
+    """Widths and kernel sizes; filter and unit counts are totals over both towers.
+
+    Attributes:
+      input_shape: default (height, width, channels) of the input.
+      conv_filters: kernels of conv1 .. conv5.
+      conv_kernel_sizes: kernel side of conv1 .. conv5.
+      conv1_stride: stride of conv1; the other conv layers have stride 1.
+      conv1_padding: one of CONV1_PADDINGS.
+      fc_units: neurons of fc6 and fc7.
+      conv6_filters: kernels of the optional sixth conv layer (3x3, over pool5).
+      weight_init: one of WEIGHT_INITS, the default initialization of the weights.
+    """
+
+    input_shape: tuple
+    conv_filters: tuple
+    conv_kernel_sizes: tuple
+    conv1_stride: int
+    conv1_padding: str
+    fc_units: tuple
+    conv6_filters: int
+    weight_init: str = "paper"
+
+
+# Section 3.5 and Figure 2. The paper does not size the sixth conv layer of its
+# ILSVRC-2012 variant (Section 6); it gets conv5's 256 kernels so fc6 keeps its input.
+PAPER_SIZE = AlexNetSize(
+    input_shape=(224, 224, 3),
+    conv_filters=(96, 256, 384, 384, 256),
+    conv_kernel_sizes=(11, 5, 3, 3, 3),
+    conv1_stride=4,
+    conv1_padding="overhang",
+    fc_units=(4096, 4096),
+    conv6_filters=256,
+)
+
+# The same topology for 32x32 images (CIFAR-10, or 28x28 Fashion-MNIST padded or
+# scaled to 32x32); any side from 28 up works. A quarter to a third of the paper's
+# conv widths, an eighth of its fully connected widths, and conv1 at stride 1 since
+# the images are already small: training runs at about 500 images/s on 2 CPU cores,
+# two minutes an epoch of 60,000 images.
+SMALL_SIZE = AlexNetSize(
+    input_shape=(32, 32, 3),
+    conv_filters=(32, 64, 96, 96, 64),
+    conv_kernel_sizes=(5, 5, 3, 3, 3),
+    conv1_stride=1,
+    conv1_padding="same",
+    fc_units=(512, 512),
+    conv6_filters=64,
+    weight_init="scaled",
+)
+
+SIZES = {"paper": PAPER_SIZE, "small": SMALL_SIZE}
+
+
+def _device_scope(device):
+    return contextlib.nullcontext() if device is None else tf.device(device)
+
+
+def _call_on_device(device, fn, inputs):
+    """fn(list of tensors) -> list of tensors, with its forward and gradient ops on device.
+
+    The gradient ops come from a tape recorded inside the forward pass, replayed in
+    the gradient function under the same device scope, so no op is left for the
+    default placer. Variables read by fn get their gradients the same way.
+    """
+    if device is None:
+        return fn(inputs)
+
+    scope = tf.get_current_name_scope()
+
+    @tf.custom_gradient
+    def forward(*xs):
+        with tf.device(device):
+            # Persistent so that an outer persistent tape may ask for gradients twice.
+            with tf.GradientTape(persistent=True) as tape:
+                tape.watch(xs)
+                ys = fn(list(xs))
+
+        def backward(*dys, variables=None):
+            sources = list(xs) + list(variables or ())
+            # Absolute, so that sums of gradients are named after the layer they belong to.
+            name_scope = (
+                tf.name_scope(f"gradient_tape/{scope}/") if scope else contextlib.nullcontext()
+            )
+            with tf.device(device), name_scope:
+                grads = tape.gradient(ys, sources, output_gradients=list(dys))
+            if variables is None:
+                return grads
+            return grads[: len(xs)], grads[len(xs) :]
+
+        return ys, backward
+
+    with tf.device(device):
+        return list(forward(*inputs))
+
+
+# What must match for convolutions to run as one: all but their kernels' count and values.
+_CONV_GEOMETRY = (
+    "kernel_size", "strides", "padding", "overhang", "data_format", "dilation_rate", "groups",
+    "activation", "use_bias", "dtype",
+)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class TowerParallel(keras.layers.Layer):
+    """One layer of Figure 2: a stack of Keras layers per tower, each on its own device.
+
+    Args:
+      stacks: one list of layers per tower, applied in order.
+      devices: one device name (or None: no placement) per tower.
+      merge_inputs: every tower takes the channel concatenation of all towers'
+        inputs (conv3 and the fully connected layers); otherwise tower k takes
+        input k, or the one input tensor all towers share.
+      concat_outputs: return the towers' outputs concatenated on devices[0] (fc7,
+        whose 4096-d output is the feature of Figure 4) instead of a list.
+      fuse_unplaced: when no tower is placed and all towers read one shared input,
+        run the towers' single convolutions (conv1) as one; see `_fused_conv`.
+
+    With placement, each input part j is first copied once per tower on device j,
+    so that the gradients coming back from the towers are summed on device j too.
+    """
+
+    def __init__(
+        self, stacks, devices, merge_inputs=False, concat_outputs=False, fuse_unplaced=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if len(stacks) != len(devices):
+            raise ValueError(f"{len(stacks)} stacks for {len(devices)} devices {devices}")
+        self.stacks = [list(stack) for stack in stacks]
+        # Also each layer as an attribute: TensorFlow's checkpoints and SavedModels
+        # follow attributes, not layers inside nested lists.
+        for layer in (layer for stack in self.stacks for layer in stack):
+            setattr(self, layer.name, layer)
+        self.devices = tuple(devices)
+        self.merge_inputs = bool(merge_inputs)
+        self.concat_outputs = bool(concat_outputs)
+        self.fuse_unplaced = bool(fuse_unplaced)
+        self._placed = any(d is not None for d in self.devices)
+
+    @property
+    def towers(self):
+        return len(self.stacks)
+
+    def _tower_input_shapes(self, input_shape):
+        # One shape (a tuple, or a list once saved as JSON), or one shape per tower.
+        if not isinstance(input_shape[0], (list, tuple)):
+            return [tuple(input_shape)] * self.towers
+        parts = input_shape
+        if self.merge_inputs:
+            merged = tuple(parts[0][:-1]) + (sum(p[-1] for p in parts),)
+            return [merged] * self.towers
+        return [tuple(p) for p in parts]
+
+    def build(self, input_shape):
+        for device, stack, shape in zip(
+            self.devices, self.stacks, self._tower_input_shapes(input_shape)
+        ):
+            with _device_scope(device):
+                for layer in stack:
+                    if not layer.built:  # layers loaded from a saved model come built
+                        layer.build(shape)
+                    shape = layer.compute_output_shape(shape)
+
+    def _run_stack(self, k, x, training):
+        for layer in self.stacks[k]:
+            x = layer(x, training=training)
+        return x
+
+    def _fan_out(self, parts):
+        """copies[k][j]: input part j as tower k sees it (a copy made on device j)."""
+        per_part = [
+            _call_on_device(
+                self.devices[j], lambda xs: [tf.identity(xs[0]) for _ in self.stacks], [p]
+            )
+            for j, p in enumerate(parts)
+        ]
+        return [[copies[k] for copies in per_part] for k in range(self.towers)]
+
+    def _fused_conv(self, x):
+        """The towers' convolutions of one shared input as one convolution, then split.
+
+        conv1's towers read the same images, so on one device a single convolution
+        with the towers' kernels side by side does the same arithmetic. oneDNN does
+        96 kernels at once faster than 48 twice: conv1's forward pass and weight
+        gradient at batch 64 took 0.95 s against 1.18 s on a 2-core AVX2 CPU. The
+        variables stay per tower.
+        """
+        convs = [stack[0] for stack in self.stacks]
+        dtype = convs[0].compute_dtype
+        kernel = tf.concat([tf.cast(c.kernel, dtype) for c in convs], axis=-1)
+        bias = tf.concat([tf.cast(c.bias, dtype) for c in convs], axis=-1)
+        y = convs[0].convolution_op(tf.cast(x, dtype), kernel)
+        y = convs[0].activation(tf.nn.bias_add(y, bias))
+        return tf.split(y, [c.filters for c in convs], axis=-1)
+
+    def _can_fuse(self, inputs):
+        if (
+            not self.fuse_unplaced
+            or self._placed
+            or self.towers < 2
+            or isinstance(inputs, (list, tuple))
+        ):
+            return False
+        first = self.stacks[0][0]
+
+        def geometry(layer):
+            config = layer.get_config()
+            return type(layer), [config.get(key) for key in _CONV_GEOMETRY]
+
+        return (
+            isinstance(first, keras.layers.Conv2D)
+            and first.use_bias
+            and all(len(s) == 1 and geometry(s[0]) == geometry(first) for s in self.stacks)
+        )
+
+    def call(self, inputs, training=None):
+        if self._can_fuse(inputs):
+            return self._fused_conv(inputs)
+        if not isinstance(inputs, (list, tuple)):
+            tower_inputs = [[inputs]] * self.towers
+        elif not self.merge_inputs:
+            tower_inputs = [[x] for x in inputs]
+        elif self._placed:
+            tower_inputs = self._fan_out(inputs)
+        else:
+            # One device: concatenate once for all towers.
+            tower_inputs = [[tf.concat(list(inputs), axis=-1)]] * self.towers
+
+        def tower_fn(k):
+            def fn(xs):
+                with tf.name_scope(f"tower{k}"):
+                    x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=-1)
+                    return [self._run_stack(k, x, training)]
+
+            return fn
+
+        outputs = [
+            _call_on_device(self.devices[k], tower_fn(k), tower_inputs[k])[0]
+            for k in range(self.towers)
+        ]
+        if self.concat_outputs and len(outputs) > 1:
+            return _call_on_device(
+                self.devices[0], lambda xs: [tf.concat(xs, axis=-1)], outputs
+            )[0]
+        return outputs if len(outputs) > 1 else outputs[0]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            stacks=[[keras.saving.serialize_keras_object(l) for l in s] for s in self.stacks],
+            devices=list(self.devices),
+            merge_inputs=self.merge_inputs,
+            concat_outputs=self.concat_outputs,
+            fuse_unplaced=self.fuse_unplaced,
+            autocast=self.autocast,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        devices = config.pop("devices")
+        stacks = []
+        for device, stack in zip(devices, config.pop("stacks")):
+            with _device_scope(device):
+                stacks.append([keras.saving.deserialize_keras_object(l) for l in stack])
+        return cls(stacks, devices, **config)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class OverhangConv2D(keras.layers.Conv2D):
+    """A "valid" Conv2D whose last windows may hang over the bottom and right edges.
+
+    cuda-convnet2 computes 1 + ceil((side - kernel) / stride) outputs and reads zeros
+    beyond the image, which is how the paper's 224 crop gives 55x55 at conv1. The
+    zeros are the convolution's explicit padding, so no padded copy of the batch is
+    made.
+
+    Args:
+      overhang: (rows, columns) of zeros below and to the right of the input.
+    """
+
+    def __init__(self, *args, overhang=(0, 0), **kwargs):
+        kwargs.pop("padding", None)
+        super().__init__(*args, padding="valid", **kwargs)
+        self.overhang = tuple(int(p) for p in overhang)
+
+    def convolution_op(self, inputs, kernel):
+        rows, cols = self.overhang
+        return tf.nn.conv2d(
+            inputs, kernel, strides=self.strides, padding=[[0, 0], [0, rows], [0, cols], [0, 0]]
+        )
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        rows, cols = self.overhang
+        return super().compute_output_shape(
+            (n, None if h is None else h + rows, None if w is None else w + cols, c)
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(overhang=list(self.overhang))
+        return config
+
+
+def _overhang(side, kernel_size, stride):
+    """Zeros past the edge for cuda-convnet2's 1 + ceil((side - kernel) / stride) outputs."""
+    outputs = max(math.ceil((side - kernel_size) / stride), 0) + 1
+    return max((outputs - 1) * stride + kernel_size - side, 0)
+
+
+def _weight_initializer(weight_init, layer_name, seed):
+    if weight_init == "scaled":
+        # Variance scale / fan-in, i.e. a standard deviation of 0.01 * sqrt(paper / fan-in).
+        return keras.initializers.VarianceScaling(
+            scale=PAPER_WEIGHT_STDDEV**2 * PAPER_FAN_IN[layer_name],
+            mode="fan_in",
+            distribution="untruncated_normal",
+            seed=seed,
+        )
+    return keras.initializers.RandomNormal(mean=0.0, stddev=PAPER_WEIGHT_STDDEV, seed=seed)
+
+
+def _bias_initializer(layer_name):
+    return keras.initializers.Constant(1.0 if layer_name in PAPER_BIAS_ONE_LAYERS else 0.0)
+
+
+def _spatial_after(side, kernel_size, stride, padding):
+    if padding == "same":
+        return math.ceil(side / stride)
+    return (side - kernel_size) // stride + 1 if side >= kernel_size else 0
+
+
+def resolve_tower_devices(tower_devices, towers=PAPER_TOWERS):
+    """The device of each tower; None for a tower left to TensorFlow's placer.
+
+    Default (tower_devices=None): the first two GPUs if two towers are asked for and
+    two GPUs are visible, else no placement at all.
+
+    Raises:
+      ValueError: for a device count other than `towers`, or a name that is not a
+        device or not one of the visible logical devices.
+    """
+    if tower_devices is None:
+        gpus = tf.config.list_logical_devices("GPU")
+        if towers > 1 and len(gpus) >= towers:
+            return tuple(g.name for g in gpus[:towers])
+        return (None,) * towers
+    if isinstance(tower_devices, str) or len(tower_devices) != towers:
+        raise ValueError(
+            f"tower_devices must name one device per tower ({towers}), got {tower_devices!r}"
+        )
+    logical = [d.name for d in tf.config.list_logical_devices()]
+
+    def type_and_index(name):
+        spec = tf.DeviceSpec.from_string(name)
+        return spec.device_type, spec.device_index or 0
+
+    visible = {type_and_index(name) for name in logical}
+    for name in tower_devices:
+        if name is None:
+            continue
+        try:
+            requested = type_and_index(name)
+        except (ValueError, TypeError, AttributeError) as e:
+            raise ValueError(f"tower device {name!r} is not a device name: {e}") from e
+        if requested not in visible:
+            raise ValueError(f"tower device {name!r} is not one of the visible devices {logical}")
+    return tuple(tower_devices)
+
+
+def _check_split(what, count, parts):
+    if count <= 0 or count % parts:
+        raise ValueError(f"{what}={count} cannot be split into {parts} towers")
+
+
+def _check_arguments(
+    num_classes, size, input_shape, towers, activation, dropout_rate, dtype_policy,
+    conv1_padding, weight_init,
+):
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    if towers not in (1, 2):
+        raise ValueError(f"towers must be 1 or 2, got {towers!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
+    if isinstance(dtype_policy, str) and dtype_policy not in DTYPE_POLICIES:
+        raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {dtype_policy!r}")
+    if conv1_padding not in CONV1_PADDINGS:
+        raise ValueError(f"conv1_padding must be one of {CONV1_PADDINGS}, got {conv1_padding!r}")
+    if weight_init not in WEIGHT_INITS:
+        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    if (
+        len(input_shape) != 3
+        or not all(isinstance(s, int) and s > 0 for s in input_shape)
+        or input_shape[-1] != 3
+    ):
+        raise ValueError(
+            f"input_shape must be (height, width, 3) for RGB images, got {input_shape!r}"
+        )
+    if len(size.conv_filters) != 5 or len(size.conv_kernel_sizes) != 5 or len(size.fc_units) != 2:
+        raise ValueError(f"size needs 5 conv layers and 2 hidden fully connected layers: {size}")
+    # conv1 .. conv4 are halved in both nets; conv5, conv6 and fc6, fc7 only in the
+    # two-tower net (the one-tower net keeps them whole, footnote 2 of Section 3.2).
+    for i, filters in enumerate(size.conv_filters[:4]):
+        _check_split(f"conv{i + 1} filters", filters, 2)
+    _check_split("conv5 filters", size.conv_filters[4], towers)
+    _check_split("conv6 filters", size.conv6_filters, towers)
+    for i, units in enumerate(size.fc_units):
+        _check_split(f"fc{i + 6} units", units, towers)
+
+
+def build_alexnet(
+    num_classes=1000,
+    *,
+    size="paper",
+    input_shape=None,
+    towers=PAPER_TOWERS,
+    tower_devices=None,
+    activation="relu",
+    lrn=True,
+    overlapping_pooling=True,
+    conv6=False,
+    dropout_rate=PAPER_DROPOUT_RATE,
+    dtype_policy="float32",
+    lrn_use_reference=False,
+    conv1_padding=None,
+    weight_init=None,
+    seed=None,
+    name="alexnet",
+):
+    """Builds AlexNet from mean-subtracted float images [N, H, W, 3] to float32 logits.
+
+    Args:
+      num_classes: width of fc8.
+      size: "paper" (Figure 2, 60,965,224 parameters for 1000 classes), "small"
+        (the same topology for 32x32 images), or an `AlexNetSize`.
+      input_shape: (height, width, 3); default the size's (224x224 for the paper).
+      towers: 2 for the paper's net; 1 for its one-GPU comparison net (Section 3.2):
+        one tower with half the kernels of conv1 .. conv4, but conv5, fc6 and fc7
+        at full size as footnote 2 says.
+      tower_devices: one device name per tower, e.g. ("/GPU:0", "/GPU:1"), or None
+        per tower for no placement. Default: two GPUs if two are visible, else none.
+      activation: "relu" (Section 3.1) or "tanh" (the saturating baseline of Figure 1).
+      lrn: local response normalization after conv1 and conv2 (Section 3.3).
+      overlapping_pooling: 3x3 windows at stride 2 (Section 3.4), else 2x2 at stride 2.
+      conv6: the extra sixth conv layer over pool5 of the ILSVRC-2012 variant (Section 6).
+      dropout_rate: dropout of fc6 and fc7 during training (Section 4.2).
+      dtype_policy: "float32", "mixed_bfloat16" or "mixed_float16". Under a mixed
+        policy the variables stay float32 while layers (LRN included) compute in
+        the low precision; the logits are always float32, so that the softmax and
+        the loss run in float32.
+      lrn_use_reference: compute LRN with standard TensorFlow ops rather than the
+        compiled op, so that an exported model loads with TensorFlow alone.
+      conv1_padding: "overhang" (cuda-convnet2: 224 -> 55), "valid" (Caffe: 227 -> 55)
+        or "same"; default the size's.
+      weight_init: "paper" (N(0, 0.01), Section 5) or "scaled" (the paper's gain per
+        layer at other widths: see WEIGHT_INITS); default the size's ("paper" for the
+        paper's net, "scaled" for the small one). Biases are the paper's either way:
+        1 in conv2, conv4, conv5, fc6 and fc7, 0 elsewhere.
+      seed: base seed of the initializers and dropout, for reproducible builds.
+      name: model name.
+
+    Returns:
+      A functional `keras.Model`. Its fc7 feature is
+      `keras.Model(model.inputs, model.get_layer("fc7").output)`, or `feature_model(model)`.
+
+    Raises:
+      ValueError: for an input shape that is not (H, W, 3) or too small for the net,
+        widths that cannot be split into the towers, unknown device names, or an
+        unknown option value; the message names the value.
+    """
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"size must be one of {tuple(SIZES)} or an AlexNetSize, got {size!r}")
+        size = SIZES[size]
+    input_shape = tuple(size.input_shape if input_shape is None else input_shape)
+    conv1_padding = size.conv1_padding if conv1_padding is None else conv1_padding
+    weight_init = size.weight_init if weight_init is None else weight_init
+    _check_arguments(
+        num_classes, size, input_shape, towers, activation, dropout_rate, dtype_policy,
+        conv1_padding, weight_init,
+    )
+    devices = resolve_tower_devices(tower_devices, towers)
+    policy = keras.dtype_policies.get(dtype_policy)
+    pool_size = PAPER_POOL_SIZE if overlapping_pooling else NON_OVERLAPPING_POOL_SIZE
+
+    k1, s1 = size.conv_kernel_sizes[0], size.conv1_stride
+    overhang = (0, 0)
+    if conv1_padding == "overhang":
+        overhang = tuple(_overhang(side, k1, s1) for side in input_shape[:2])
+    side = min(s + p for s, p in zip(input_shape[:2], overhang))
+    side = _spatial_after(side, k1, s1, "same" if conv1_padding == "same" else "valid")
+    for _ in range(3):
+        side = _spatial_after(side, pool_size, PAPER_POOL_STRIDE, "valid")
+    if side < 1:
+        raise ValueError(
+            f"input_shape {input_shape} is too small for this net: nothing is left after "
+            f"pool5 (conv1 kernel {k1}, stride {s1}, padding {conv1_padding!r})"
+        )
+
+    seeds = itertools.count(seed or 0)
+
+    def next_seed():
+        return None if seed is None else next(seeds)
+
+    def conv(layer_name, filters, kernel_size, strides=1, padding="same"):
+        def make(k):
+            kwargs = dict(
+                strides=strides,
+                activation=activation,
+                kernel_initializer=_weight_initializer(weight_init, layer_name, next_seed()),
+                bias_initializer=_bias_initializer(layer_name),
+                dtype=policy,
+                name=f"{layer_name}_tower{k}",
+            )
+            if padding == "overhang":
+                return [OverhangConv2D(filters, kernel_size, overhang=overhang, **kwargs)]
+            return [keras.layers.Conv2D(filters, kernel_size, padding=padding, **kwargs)]
+
+        return make
+
+    def dense(layer_name, units, act, flatten=False, float32_output=False):
+        def make(k):
+            stack = [
+                keras.layers.Dense(
+                    units,
+                    activation=act,
+                    kernel_initializer=_weight_initializer(weight_init, layer_name, next_seed()),
+                    bias_initializer=_bias_initializer(layer_name),
+                    dtype=policy,
+                    name=f"{layer_name}_tower{k}",
+                )
+            ]
+            if flatten:
+                flat = keras.layers.Flatten(dtype=policy, name=f"{layer_name}_flatten_tower{k}")
+                stack.insert(0, flat)
+            if float32_output:
+                # Logits in float32 whatever the policy: the softmax needs the range.
+                stack.append(
+                    keras.layers.Activation(
+                        "linear", dtype="float32", name=f"{layer_name}_float32_tower{k}"
+                    )
+                )
+            return stack
+
+        return make
+
+    def lrn_layer(layer_name):
+        return lambda k: [
+            alexnet_layers.LocalResponseNormalization(
+                use_reference=lrn_use_reference, dtype=policy, name=f"{layer_name}_tower{k}"
+            )
+        ]
+
+    def pool(layer_name):
+        return lambda k: [
+            keras.layers.MaxPooling2D(
+                pool_size, PAPER_POOL_STRIDE, dtype=policy, name=f"{layer_name}_tower{k}"
+            )
+        ]
+
+    def dropout(layer_name):
+        return lambda k: [
+            keras.layers.Dropout(
+                dropout_rate, seed=next_seed(), dtype=policy, name=f"{layer_name}_tower{k}"
+            )
+        ]
+
+    def tower_layer(layer_name, make, n=towers, **kwargs):
+        stacks = []
+        for k in range(n):
+            # Layers are made under their device: Dropout makes its seed variable here.
+            with _device_scope(devices[k]):
+                stacks.append(make(k))
+        # No autocast at this level: each tower casts its own inputs on its own device.
+        return TowerParallel(
+            stacks, devices[:n], dtype=policy, autocast=False, name=layer_name, **kwargs
+        )
+
+    # conv1 .. conv4 have half their kernels per tower in both nets; conv5, conv6 and
+    # the fully connected layers are split only between two towers (footnote 2).
+    half = [f // 2 for f in size.conv_filters[:4]]
+    conv5, conv6_filters = size.conv_filters[4] // towers, size.conv6_filters // towers
+    fc6, fc7 = (units // towers for units in size.fc_units)
+    k = size.conv_kernel_sizes
+
+    images = keras.Input(shape=input_shape, name="images")
+    x = tower_layer(
+        "conv1", conv("conv1", half[0], k[0], s1, conv1_padding), fuse_unplaced=True
+    )(images)
+    if lrn:
+        x = tower_layer("lrn1", lrn_layer("lrn1"))(x)
+    x = tower_layer("pool1", pool("pool1"))(x)
+    x = tower_layer("conv2", conv("conv2", half[1], k[1]))(x)
+    if lrn:
+        x = tower_layer("lrn2", lrn_layer("lrn2"))(x)
+    x = tower_layer("pool2", pool("pool2"))(x)
+    x = tower_layer("conv3", conv("conv3", half[2], k[2]), merge_inputs=True)(x)
+    x = tower_layer("conv4", conv("conv4", half[3], k[3]))(x)
+    x = tower_layer("conv5", conv("conv5", conv5, k[4]))(x)
+    x = tower_layer("pool5", pool("pool5"))(x)
+    if conv6:
+        x = tower_layer("conv6", conv("conv6", conv6_filters, 3))(x)
+    x = tower_layer("fc6", dense("fc6", fc6, activation, flatten=True), merge_inputs=True)(x)
+    x = tower_layer("dropout6", dropout("dropout6"))(x)
+    x = tower_layer("fc7", dense("fc7", fc7, activation), merge_inputs=True, concat_outputs=True)(x)
+    # fc8 sees all 4096 fc7 neurons; it runs on tower 0's device, where fc7 is gathered.
+    x = tower_layer("dropout7", dropout("dropout7"), n=1)(x)
+    logits = tower_layer("fc8", dense("fc8", num_classes, None, float32_output=True), n=1)(x)
+    return keras.Model(images, logits, name=name)
+
+
+def feature_model(model):
+    """The model from images to the 4096-d fc7 feature (Figure 4, right), sharing weights."""
+    return keras.Model(model.inputs, model.get_layer("fc7").output, name=f"{model.name}_fc7")

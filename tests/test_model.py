@@ -1,0 +1,497 @@
+"""Tests of alexnet_tf.model: Figure 2's shapes and parameters, Section 5's initialization,
+tower placement, the variants, and that a small model learns.
+
+The full-size model is only built (no forward pass); everything that runs uses the
+small variant on a few images. conftest.py provides two logical CPU devices.
+"""
+
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_tf import model as alexnet_model
+from alexnet_tf.model import build_alexnet
+
+# Figure 2 / PAPER_SPEC.md, per image, both towers together.
+PAPER_OUTPUT_SHAPES = {
+    "conv1": (55, 55, 96),
+    "lrn1": (55, 55, 96),
+    "pool1": (27, 27, 96),
+    "conv2": (27, 27, 256),
+    "lrn2": (27, 27, 256),
+    "pool2": (13, 13, 256),
+    "conv3": (13, 13, 384),
+    "conv4": (13, 13, 384),
+    "conv5": (13, 13, 256),
+    "pool5": (6, 6, 256),
+    "fc6": (4096,),
+    "dropout6": (4096,),
+    "fc7": (4096,),
+    "dropout7": (4096,),
+    "fc8": (1000,),
+}
+
+
+def _params(kernel, inputs, filters):
+    """Weights and biases of a layer whose kernel sees `inputs` values per output."""
+    return kernel * inputs * filters + filters
+
+
+# The PAPER_SPEC.md table, written out from the paper's kernel shapes.
+PAPER_PARAMS = {
+    "conv1": _params(11 * 11, 3, 96),  # 34,944
+    "conv2": _params(5 * 5, 48, 256),  # 307,456
+    "conv3": _params(3 * 3, 256, 384),  # 885,120
+    "conv4": _params(3 * 3, 192, 384),  # 663,936
+    "conv5": _params(3 * 3, 192, 256),  # 442,624
+    "fc6": _params(1, 6 * 6 * 256, 4096),  # 37,752,832
+    "fc7": _params(1, 4096, 4096),  # 16,781,312
+    "fc8": _params(1, 4096, 1000),  # 4,097,000
+}
+
+# Per tower: [height, width, input channels, output channels] and [inputs, units].
+PAPER_TOWER_KERNELS = {
+    "conv1": (11, 11, 3, 48),
+    "conv2": (5, 5, 48, 128),  # its own tower's 48 maps only
+    "conv3": (3, 3, 256, 192),  # both towers
+    "conv4": (3, 3, 192, 192),  # own tower
+    "conv5": (3, 3, 192, 128),  # own tower
+    "fc6": (9216, 2048),  # both towers
+    "fc7": (4096, 2048),  # both towers
+}
+
+BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+BIAS_ZERO = ("conv1", "conv3", "fc8")
+
+SMALL = dict(size="small", num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def paper_model():
+    return build_alexnet(seed=0)
+
+
+def _shapes(output):
+    """Per-image shape of a layer's output, its towers' channels added up."""
+    parts = output if isinstance(output, list) else [output]
+    for p in parts:
+        assert p.shape[:-1] == parts[0].shape[:-1]
+    return tuple(parts[0].shape[1:-1]) + (sum(p.shape[-1] for p in parts),)
+
+
+def _kernels(model, layer_name):
+    return [w for w in model.get_layer(layer_name).weights if w.path.endswith("kernel")]
+
+
+def _biases(model, layer_name):
+    return [w for w in model.get_layer(layer_name).weights if w.path.endswith("bias")]
+
+
+def test_paper_model_has_60965224_parameters(paper_model):
+    assert paper_model.count_params() == 60_965_224
+    assert sum(int(np.prod(w.shape)) for w in paper_model.trainable_weights) == 60_965_224
+    for name, params in PAPER_PARAMS.items():
+        assert paper_model.get_layer(name).count_params() == params, name
+    assert sum(PAPER_PARAMS.values()) == 60_965_224
+
+
+def test_paper_model_output_shapes(paper_model):
+    assert paper_model.input_shape == (None, 224, 224, 3)
+    for name, shape in PAPER_OUTPUT_SHAPES.items():
+        assert _shapes(paper_model.get_layer(name).output) == shape, name
+    assert paper_model.output_shape == (None, 1000)
+
+
+def test_paper_model_tower_connectivity(paper_model):
+    for name, shape in PAPER_TOWER_KERNELS.items():
+        assert [tuple(k.shape) for k in _kernels(paper_model, name)] == [shape, shape], name
+    assert [tuple(k.shape) for k in _kernels(paper_model, "fc8")] == [(4096, 1000)]
+    for name in ("conv1", "conv2", "conv4", "conv5"):
+        assert len(paper_model.get_layer(name).output) == 2, name
+
+
+def test_paper_initialization(paper_model):
+    for name in PAPER_PARAMS:
+        for kernel in _kernels(paper_model, name):
+            w = kernel.value.numpy().astype(np.float64).ravel()
+            # Sampling error of the mean and the standard deviation of n normal draws.
+            n = w.size
+            assert abs(w.mean()) < 5 * 0.01 / np.sqrt(n), name
+            assert abs(w.std() - 0.01) < 5 * 0.01 / np.sqrt(2 * n) + 1e-6, name
+        for bias in _biases(paper_model, name):
+            expected = 1.0 if name in BIAS_ONE else 0.0
+            np.testing.assert_array_equal(bias.value.numpy(), np.full(bias.shape, expected), name)
+    assert set(BIAS_ONE) | set(BIAS_ZERO) == set(PAPER_PARAMS)
+
+
+def test_small_model_keeps_the_paper_gain_per_layer():
+    """std * sqrt(fan-in) of each layer equals the paper's 0.01 * sqrt(its fan-in)."""
+    model = build_alexnet(**SMALL, seed=0)
+    paper_fan_in = {name: int(np.prod(shape[:-1])) for name, shape in PAPER_TOWER_KERNELS.items()}
+    paper_fan_in["fc8"] = 4096
+    for name, fan_in in paper_fan_in.items():
+        for kernel in _kernels(model, name):
+            w = kernel.value.numpy().astype(np.float64)
+            expected = 0.01 * np.sqrt(fan_in / np.prod(w.shape[:-1]))
+            assert abs(w.std() / expected - 1) < 5 / np.sqrt(2 * w.size), name
+        for bias in _biases(model, name):
+            assert np.all(bias.value.numpy() == (1.0 if name in BIAS_ONE else 0.0)), name
+
+
+def test_fc7_feature_is_reachable_without_rebuilding(paper_model):
+    features = keras.Model(paper_model.inputs, paper_model.get_layer("fc7").output)
+    assert features.output_shape == (None, 4096)
+    assert alexnet_model.feature_model(paper_model).output_shape == (None, 4096)
+    assert features.get_layer("conv1") is paper_model.get_layer("conv1")
+
+
+def test_one_tower_net_keeps_conv5_and_fc_sizes():
+    model = build_alexnet(towers=1)
+    per_layer = {
+        "conv1": _params(11 * 11, 3, 48),
+        "conv2": _params(5 * 5, 48, 128),
+        "conv3": _params(3 * 3, 128, 192),
+        "conv4": _params(3 * 3, 192, 192),
+        "conv5": _params(3 * 3, 192, 256),  # not halved: footnote 2
+        "fc6": _params(1, 6 * 6 * 256, 4096),
+        "fc7": _params(1, 4096, 4096),
+        "fc8": _params(1, 4096, 1000),
+    }
+    assert model.count_params() == sum(per_layer.values()) == 59_798_312
+    shapes = {"conv1": (55, 55, 48), "conv3": (13, 13, 192), "conv5": (13, 13, 256),
+              "pool5": (6, 6, 256), "fc7": (4096,)}
+    for name, shape in shapes.items():
+        assert _shapes(model.get_layer(name).output) == shape, name
+
+
+@pytest.mark.parametrize(
+    "kwargs, params",
+    [
+        (dict(conv6=True), 60_965_224 + 2 * _params(3 * 3, 128, 128)),
+        (dict(overlapping_pooling=False), 60_965_224),
+        (dict(input_shape=(227, 227, 3), conv1_padding="valid"), 60_965_224),
+    ],
+)
+def test_paper_variants_keep_figure_2_shapes(kwargs, params):
+    model = build_alexnet(**kwargs)
+    assert model.count_params() == params
+    for name in ("conv1", "pool1", "conv2", "pool2", "conv5", "pool5", "fc7"):
+        assert _shapes(model.get_layer(name).output) == PAPER_OUTPUT_SHAPES[name], name
+    if kwargs.get("conv6"):
+        assert _shapes(model.get_layer("conv6").output) == (6, 6, 256)
+
+
+def _reference_logits(model, images, towers=2):
+    """Figure 2 from the model's weights with tf.nn ops, towers meeting at conv3, fc6, fc7."""
+    w = {v.path: tf.constant(v.value.numpy()) for v in model.weights}
+
+    def conv(x, name, k):
+        y = tf.nn.conv2d(x, w[f"{name}/{name}_tower{k}/kernel"], 1, "SAME")
+        return tf.nn.relu(y + w[f"{name}/{name}_tower{k}/bias"])
+
+    def dense(x, name, k, relu=True):
+        y = x @ w[f"{name}/{name}_tower{k}/kernel"] + w[f"{name}/{name}_tower{k}/bias"]
+        return tf.nn.relu(y) if relu else y
+
+    def lrn(x):
+        return tf.nn.local_response_normalization(x, 2, bias=2.0, alpha=1e-4, beta=0.75)
+
+    def pool(x):
+        return tf.nn.max_pool2d(x, 3, 2, "VALID")
+
+    ks = range(towers)
+    t = [pool(lrn(conv(images, "conv1", k))) for k in ks]
+    t = [pool(lrn(conv(x, "conv2", k))) for k, x in zip(ks, t)]
+    both = tf.concat(t, -1)
+    t = [conv(both, "conv3", k) for k in ks]
+    t = [pool(conv(conv(x, "conv4", k), "conv5", k)) for k, x in zip(ks, t)]
+    flat = tf.reshape(tf.concat(t, -1), [images.shape[0], -1])
+    fc6 = tf.concat([dense(flat, "fc6", k) for k in ks], -1)
+    fc7 = tf.concat([dense(fc6, "fc7", k) for k in ks], -1)
+    return dense(fc7, "fc8", 0, relu=False)
+
+
+@pytest.mark.parametrize("towers", [2, 1])
+def test_small_model_computes_figure_2(towers):
+    model = build_alexnet(**SMALL, towers=towers, seed=3)
+    images = tf.random.stateless_normal([2, 32, 32, 3], seed=[1, 2])
+    np.testing.assert_allclose(
+        model(images, training=False).numpy(),
+        _reference_logits(model, images, towers).numpy(),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+
+
+VARIANTS = {
+    "paper_defaults": dict(),
+    "tanh": dict(activation="tanh"),
+    "no_lrn": dict(lrn=False),
+    "non_overlapping_pooling": dict(overlapping_pooling=False),
+    "one_tower": dict(towers=1),
+    "conv6": dict(conv6=True),
+    "no_dropout": dict(dropout_rate=0.0),
+    "lrn_reference": dict(lrn_use_reference=True),
+    "paper_init": dict(weight_init="paper"),
+    "fashion_mnist_28": dict(input_shape=(28, 28, 3)),
+    "input_64": dict(input_shape=(64, 64, 3)),
+    "mixed_bfloat16": dict(dtype_policy="mixed_bfloat16"),
+    "mixed_float16": dict(dtype_policy="mixed_float16"),
+}
+
+
+def _forward_backward(model, batch=2):
+    images = tf.random.stateless_normal((batch,) + model.input_shape[1:], seed=[0, 1])
+    labels = tf.constant([1, 7][:batch])
+    with tf.GradientTape() as tape:
+        logits = model(images, training=True)
+        loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+    return logits, loss, tape.gradient(loss, model.trainable_variables)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_runs_forward_and_backward(variant):
+    model = build_alexnet(**SMALL, seed=0, **VARIANTS[variant])
+    logits, loss, grads = _forward_backward(model)
+    assert logits.shape == (2, 10)
+    assert logits.dtype == tf.float32
+    assert np.isfinite(loss.numpy())
+    assert len(grads) == len(model.trainable_variables) > 0
+    for v, g in zip(model.trainable_variables, grads):
+        assert g is not None, v.path
+        assert np.all(np.isfinite(g.numpy())), v.path
+    conv1_grad = grads[0].numpy()
+    assert np.any(conv1_grad != 0)
+
+
+@pytest.mark.parametrize(
+    "policy, low", [("mixed_bfloat16", tf.bfloat16), ("mixed_float16", tf.float16)]
+)
+def test_mixed_precision_runs_lrn_low_and_returns_float32_logits(policy, low):
+    model = build_alexnet(**SMALL, dtype_policy=policy)
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    graph = (
+        tf.function(lambda x: model(x, training=True))
+        .get_concrete_function(tf.TensorSpec([2, 32, 32, 3]))
+        .graph
+    )
+    lrn_ops = [op for op in graph.get_operations() if op.type == "AlexnetTf>LocalResponseNorm"]
+    assert len(lrn_ops) == 4  # lrn1 and lrn2, two towers each
+    assert all(op.get_attr("T") == low for op in lrn_ops)
+    convs = [op for op in graph.get_operations() if op.type == "Conv2D"]
+    assert convs and all(op.get_attr("T") == low for op in convs)
+    assert graph.outputs[0].dtype == tf.float32
+
+
+# Ops that TensorFlow places with their consumer or their resource variable.
+_COLOCATED_TYPES = {"Const", "Placeholder", "ReadVariableOp", "Identity", "NoOp"}
+# Where the paper's GPUs talk: the inputs of conv3 and of the fully connected layers.
+_MERGE_SCOPE = re.compile(r"/(conv3|fc6|fc7)(_\d+)?/")
+_TOWER_SCOPE = re.compile(r"/tower(\d)/")
+# The loss, its gradient and the weight update belong to the training step, not the model.
+_CALLER_SCOPE = re.compile(r"(gradient_tape/)?(loss|update)/")
+
+
+def _live_ops(graph):
+    """The ops that the function's outputs and side effects depend on."""
+    live, stack = set(), [t.op for t in graph.outputs] + list(graph.control_outputs)
+    while stack:
+        op = stack.pop()
+        if op not in live:
+            live.add(op)
+            stack.extend(t.op for t in op.inputs)
+            stack.extend(op.control_inputs)
+    return live
+
+
+def _paper_train_step(model, learning_rate):
+    """The paper's momentum update (Section 5), v <- 0.9 v - 0.0005 lr w - lr g; w <- w + v."""
+    weights = model.trainable_variables
+    velocities = [tf.Variable(tf.zeros(w.shape), trainable=False) for w in weights]
+
+    @tf.function
+    def train_step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            with tf.name_scope("loss"):
+                loss = tf.reduce_mean(
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+                )
+        grads = tape.gradient(loss, weights)
+        with tf.name_scope("update"):
+            for w, v, g in zip(weights, velocities, grads):
+                step = 0.9 * v - learning_rate * g
+                if len(w.shape) > 1:
+                    step -= 0.0005 * learning_rate * w.value
+                v.assign(step)
+                w.assign_add(step)
+        return loss
+
+    return train_step
+
+
+def _placement_violations(model, devices=("CPU:0", "CPU:1")):
+    """What breaks 'tower k on device k, crossing only at merges' in a traced training step."""
+    step = _paper_train_step(model, 0.01)
+    graph = step.get_concrete_function(
+        tf.TensorSpec((4,) + model.input_shape[1:]), tf.TensorSpec([4], tf.int32)
+    ).graph
+    problems = []
+    for op in _live_ops(graph):
+        if _CALLER_SCOPE.match(op.name) or op.type in _COLOCATED_TYPES:
+            continue
+        if not op.device:
+            problems.append(f"{op.name} ({op.type}) has no device")
+            continue
+        tower = _TOWER_SCOPE.search(op.name)
+        if tower and not op.device.endswith(devices[int(tower.group(1))]):
+            problems.append(f"{op.name} ({op.type}) of tower {tower.group(1)} is on {op.device}")
+        for t in op.inputs:
+            if t.op.device and t.op.device != op.device and not _MERGE_SCOPE.search(op.name):
+                problems.append(f"{op.name} on {op.device} reads {t.name} from {t.op.device}")
+    counts = {}
+    for op in graph.get_operations():
+        if op in _live_ops(graph) and op.device:
+            key = (op.type, op.device[-5:])
+            counts[key] = counts.get(key, 0) + 1
+    return problems, counts
+
+
+def test_towers_are_placed_forward_and_backward_on_two_devices():
+    devices = ("/CPU:0", "/CPU:1")
+    model = build_alexnet(**SMALL, tower_devices=devices, seed=0)
+    problems, counts = _placement_violations(model)
+    assert problems == []
+    for k, device in enumerate(("CPU:0", "CPU:1")):
+        # Five conv layers per tower: forward, weight gradient, and input gradient for
+        # conv2 .. conv5 (the images need none); LRN after conv1 and conv2.
+        assert counts[("Conv2D", device)] == 5
+        assert counts[("Conv2DBackpropFilter", device)] == 5
+        assert counts[("Conv2DBackpropInput", device)] == 4
+        assert counts[("AlexnetTf>LocalResponseNorm", device)] == 2
+        assert counts[("AlexnetTf>LocalResponseNormGrad", device)] == 2
+        assert counts[("MaxPoolGrad", device)] == 3
+        assert counts[("ReluGrad", device)] >= 7
+    placed = 0
+    for layer in model.layers[1:]:
+        for k, stack in enumerate(layer.stacks):
+            for v in (v for sublayer in stack for v in sublayer.variables):
+                assert v.value.device.endswith(devices[k][1:]), v.path
+                placed += 1
+    assert placed == len(model.variables)
+
+
+def test_placement_check_catches_gradients_left_without_device(monkeypatch):
+    """A plain tf.device around each tower places its forward ops only (the bug fixed)."""
+
+    def forward_only(device, fn, inputs):
+        with alexnet_model._device_scope(device):
+            return fn(inputs)
+
+    monkeypatch.setattr(alexnet_model, "_call_on_device", forward_only)
+    model = build_alexnet(**SMALL, tower_devices=("/CPU:0", "/CPU:1"))
+    problems, counts = _placement_violations(model)
+    assert any("Conv2DBackpropFilter) has no device" in p for p in problems)
+    assert ("Conv2D", "CPU:1") in counts and ("Conv2DBackpropFilter", "CPU:1") not in counts
+
+
+def test_placement_does_not_change_the_numbers():
+    placed = build_alexnet(**SMALL, tower_devices=("/CPU:1", "/CPU:0"), dropout_rate=0.0, seed=7)
+    plain = build_alexnet(**SMALL, dropout_rate=0.0, seed=7)
+    logits_p, loss_p, grads_p = _forward_backward(placed)
+    logits, loss, grads = _forward_backward(plain)
+    np.testing.assert_allclose(logits_p.numpy(), logits.numpy(), rtol=1e-5, atol=1e-6)
+    for gp, g in zip(grads_p, grads):
+        np.testing.assert_allclose(gp.numpy(), g.numpy(), rtol=1e-4, atol=1e-6)
+
+
+def test_default_placement_without_gpus_is_none():
+    assert not tf.config.list_logical_devices("GPU")
+    assert alexnet_model.resolve_tower_devices(None) == (None, None)
+    assert alexnet_model.resolve_tower_devices((None, None)) == (None, None)
+    assert alexnet_model.resolve_tower_devices(("/CPU:0", "/device:CPU:1")) == (
+        "/CPU:0",
+        "/device:CPU:1",
+    )
+
+
+def _quadrant_images(n):
+    """Class c lights up quadrant c of the image, under noise: mean-subtracted 0-255 scale."""
+    labels = tf.range(n) % 4
+    quadrant = tf.reshape(tf.one_hot(labels, 4), [n, 2, 1, 2, 1, 1])
+    masks = tf.reshape(tf.tile(quadrant, [1, 1, 16, 1, 16, 3]), [n, 32, 32, 3])
+    noise = tf.random.stateless_normal([n, 32, 32, 3], seed=[8, 9])
+    return 100 * (masks - 0.25) + 30 * noise, labels
+
+
+def test_small_model_learns_a_tiny_batch():
+    model = build_alexnet(num_classes=4, size="small", dropout_rate=0.0, seed=0)
+    images, labels = _quadrant_images(16)
+    step = _paper_train_step(model, 0.003)
+    losses = [float(step(images, labels)) for _ in range(30)]
+    assert abs(losses[0] - np.log(4)) < 0.3, losses
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build_alexnet(**SMALL, seed=0)
+    path = str(tmp_path / "small.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    images = tf.random.stateless_normal([2, 32, 32, 3], seed=[3, 3])
+    np.testing.assert_allclose(
+        loaded(images, training=False).numpy(), model(images, training=False).numpy(), rtol=1e-6
+    )
+
+
+def test_checkpoint_moves_between_placed_and_unplaced_builds(tmp_path):
+    placed = build_alexnet(**SMALL, tower_devices=("/CPU:1", "/CPU:0"), seed=1)
+    path = tf.train.Checkpoint(model=placed).write(str(tmp_path / "ckpt"))
+    unplaced = build_alexnet(**SMALL, seed=2)
+    tf.train.Checkpoint(model=unplaced).read(path).assert_existing_objects_matched()
+    for a, b in zip(placed.trainable_variables, unplaced.trainable_variables):
+        np.testing.assert_array_equal(a.value.numpy(), b.value.numpy(), a.path)
+
+
+def _size(**changes):
+    fields = dict(alexnet_model.SMALL_SIZE.__dict__)
+    fields.update(changes)
+    return alexnet_model.AlexNetSize(**fields)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(input_shape=(32, 32)), r"\(32, 32\)"),
+        (dict(input_shape=(32, 32, 1)), r"\(32, 32, 1\)"),
+        (dict(input_shape=(8, 8, 3)), r"\(8, 8, 3\)"),
+        (dict(size=_size(conv_filters=(31, 64, 96, 96, 64))), "conv1 filters=31"),
+        (dict(size=_size(conv_filters=(32, 64, 96, 96, 63))), "conv5 filters=63"),
+        (dict(size=_size(fc_units=(512, 511))), "fc7 units=511"),
+        (dict(tower_devices=("/GPU:0", "/GPU:1")), "'/GPU:0'"),
+        (dict(tower_devices=("/CPU:0", "/CPU:7")), "'/CPU:7'"),
+        (dict(tower_devices=("/CPU:0", "nonsense")), "'nonsense'"),
+        (dict(tower_devices=("/CPU:0",)), r"\('/CPU:0',\)"),
+        (dict(tower_devices="/CPU:0"), "'/CPU:0'"),
+        (dict(activation="sigmoid"), "'sigmoid'"),
+        (dict(dtype_policy="float8"), "'float8'"),
+        (dict(conv1_padding="reflect"), "'reflect'"),
+        (dict(weight_init="he"), "'he'"),
+        (dict(size="huge"), "'huge'"),
+        (dict(towers=3), "3"),
+        (dict(dropout_rate=1.0), "1.0"),
+        (dict(num_classes=0), "0"),
+    ],
+)
+def test_bad_arguments_raise_value_error_naming_the_value(kwargs, message):
+    kwargs = {**SMALL, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        build_alexnet(**kwargs)
+
+
+def test_paper_size_rejects_a_small_input():
+    with pytest.raises(ValueError, match=r"\(32, 32, 3\)"):
+        build_alexnet(input_shape=(32, 32, 3))
