@@ -69,6 +69,15 @@ def in_memory_predictions(trained, ten_crop=False):
     return np.stack(probabilities), np.stack(features)
 
 
+def export_trained(trained, name, ten_crop=False):
+    export_dir = str(trained["tmp_path"] / name)
+    export.export_saved_model(
+        trained["config"], len(trained["class_names"]), trained["network"].get_weights(),
+        trained["stats"], trained["class_names"], export_dir, ten_crop=ten_crop,
+    )
+    return export_dir
+
+
 def run_fresh_process(export_dir, images, tmp_path):
     images_path, out_path = tmp_path / "images.json", tmp_path / "outputs.npz"
     images_path.write_text(json.dumps(images))
@@ -83,13 +92,8 @@ def run_fresh_process(export_dir, images, tmp_path):
 
 @pytest.mark.parametrize("ten_crop", [False, True])
 def test_export_reloads_in_a_fresh_process_with_the_same_answers(trained, ten_crop):
-    tmp_path = trained["tmp_path"]
-    export_dir = str(tmp_path / f"export_{ten_crop}")
-    export.export_saved_model(
-        trained["config"], len(trained["class_names"]), trained["network"].get_weights(),
-        trained["stats"], trained["class_names"], export_dir, ten_crop=ten_crop,
-    )
-    outputs = run_fresh_process(export_dir, trained["images"], tmp_path)
+    export_dir = export_trained(trained, f"export_{ten_crop}", ten_crop=ten_crop)
+    outputs = run_fresh_process(export_dir, trained["images"], trained["tmp_path"])
     probabilities, features = in_memory_predictions(trained, ten_crop)
 
     np.testing.assert_allclose(outputs["probabilities"], probabilities, rtol=1e-4, atol=1e-6)
@@ -102,12 +106,7 @@ def test_export_reloads_in_a_fresh_process_with_the_same_answers(trained, ten_cr
 
 
 def test_export_graph_has_only_standard_ops(trained):
-    tmp_path = trained["tmp_path"]
-    export_dir = str(tmp_path / "export_ops")
-    export.export_saved_model(
-        trained["config"], len(trained["class_names"]), trained["network"].get_weights(),
-        trained["stats"], trained["class_names"], export_dir,
-    )
+    export_dir = export_trained(trained, "export_ops")
     saved = open(os.path.join(export_dir, "saved_model.pb"), "rb").read()
     assert b"AlexnetTf>" not in saved
     assert b"LRN" not in saved  # TensorFlow's own LRN op is not it either
@@ -115,11 +114,7 @@ def test_export_graph_has_only_standard_ops(trained):
 
 def test_saved_model_cli_runs_the_export(trained):
     tmp_path = trained["tmp_path"]
-    export_dir = str(tmp_path / "export_cli")
-    export.export_saved_model(
-        trained["config"], len(trained["class_names"]), trained["network"].get_weights(),
-        trained["stats"], trained["class_names"], export_dir,
-    )
+    export_dir = export_trained(trained, "export_cli")
     image = tf.io.decode_png(tf.io.read_file(trained["images"][0]), channels=3).numpy()
     np.save(tmp_path / "image.npy", image[None])
     cli = shutil.which("saved_model_cli") or None

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdint>
 #include <cmath>
 #include <type_traits>
 #include <utility>
@@ -196,6 +197,36 @@ void ScalesFromSums(const A* __restrict__ sums, int channels, A bias, A alpha,
   }
 }
 
+// out[c] = a[c] * b[c] - k * d[c] * e[c] (k = 0 and d = e = null for a plain product).
+// The outputs are hundreds of MB, far beyond the caches: for float32 rows aligned to
+// 32 bytes they are written with non-temporal stores, which skip reading each
+// cache line before overwriting it, a quarter to a third of the op's memory traffic.
+template <typename T, typename A>
+void WriteOutputRow(T* __restrict__ out, const A* __restrict__ a, const A* __restrict__ b,
+                    A k, const A* __restrict__ d, const A* __restrict__ e, int channels) {
+  int c = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
+    if (reinterpret_cast<uintptr_t>(out) % 32 == 0) {
+      const __m256 vk = _mm256_set1_ps(k);
+      for (; c + 8 <= channels; c += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(a + c), _mm256_loadu_ps(b + c));
+        if (d != nullptr) {
+          v = _mm256_fnmadd_ps(_mm256_mul_ps(vk, _mm256_loadu_ps(d + c)),
+                               _mm256_loadu_ps(e + c), v);
+        }
+        _mm256_stream_ps(out + c, v);
+      }
+    }
+  }
+#endif
+  for (; c < channels; ++c) {
+    A v = a[c] * b[c];
+    if (d != nullptr) v -= k * d[c] * e[c];
+    out[c] = static_cast<T>(v);
+  }
+}
+
 // Input values in the accumulation type: the input itself when T is already
 // that type, else converted into `buffer`.
 template <typename A, typename T>
@@ -223,8 +254,12 @@ void ForwardPixels(const LrnParams& p, const T* x, T* y, int64_t begin,
     WindowSums(padded.data(), channels, r, sums.data());
     ScalesFromSums(sums.data(), channels, A(p.bias), A(p.alpha), A(p.beta),
                    scale.data(), static_cast<A*>(nullptr));
-    for (int c = 0; c < channels; ++c) yp[c] = static_cast<T>(xs[c] * scale[c]);
+    WriteOutputRow(yp, xs, scale.data(), A(0), static_cast<const A*>(nullptr),
+                   static_cast<const A*>(nullptr), channels);
   }
+#if defined(__AVX2__)
+  _mm_sfence();  // non-temporal stores are visible before the op completes
+#endif
 }
 
 // With n_i = bias + alpha * sum_{j in W(i)} x_j^2 and W symmetric:
@@ -252,11 +287,12 @@ void BackwardPixels(const LrnParams& p, const T* dy, const T* x, T* dx,
       inner[c] = dys[c] * xs[c] * scale[c] * inv_norm[c];
     }
     WindowSums(padded.data(), channels, r, sums.data());
-    T* __restrict__ out = dx + offset;
-    for (int c = 0; c < channels; ++c) {
-      out[c] = static_cast<T>(dys[c] * scale[c] - two_alpha_beta * xs[c] * sums[c]);
-    }
+    WriteOutputRow(dx + offset, dys, scale.data(), two_alpha_beta, xs, sums.data(),
+                   channels);
   }
+#if defined(__AVX2__)
+  _mm_sfence();
+#endif
 }
 
 // Cycles per pixel, for the thread pool's sharding.
