@@ -24,6 +24,7 @@ from setuptools.command.build_ext import build_ext
 
 TENSORFLOW_VERSION = "2.21"
 OP_SOURCES = "custom_ops/lrn"
+IMAGE_OP_SOURCES = "custom_ops/image"
 
 
 def _tensorflow():
@@ -107,7 +108,8 @@ class BuildTensorFlowOps(build_ext):
             "-Wno-deprecated-declarations", "-Wno-interference-size",
             *(f for f in tf.sysconfig.get_compile_flags() if not f.startswith("--std")),
         ]
-        sources = [os.path.join(OP_SOURCES, "lrn_op.cc")]
+        sources = [os.path.join(OP_SOURCES, "lrn_op.cc"),
+                   os.path.join(IMAGE_OP_SOURCES, "resize_flip_normalize_op.cc")]
         extra_objects, ldflags = [], []
         if with_cuda:
             gpu_object = os.path.join(self.build_temp, "lrn_op_gpu.o")

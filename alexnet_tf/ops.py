@@ -1,4 +1,5 @@
-"""The paper's local response normalization (Section 3.3) as a compiled TensorFlow op.
+"""The project's compiled TensorFlow ops: the paper's local response normalization
+(Section 3.3), and the last steps of its training augmentation fused into one op.
 
     b[i] = a[i] / (k + alpha * sum_{j = max(0, i - n/2)}^{min(N - 1, i + n/2)} a[j]^2) ** beta
 
@@ -10,6 +11,10 @@ PyTorch divide it, which makes their alpha = 1e-4 a different network).
 `local_response_normalization_reference` is the same formula in plain TensorFlow:
 it is the documented meaning of the op, the test oracle, and what exported
 SavedModels use so that they load without this package.
+
+`resize_flip_and_normalize` (with its reference beside it) resizes a decoded crop,
+subtracts the mean image, mirrors it and adds the PCA lighting vector in one pass;
+the input pipeline uses it for every training image.
 """
 
 import functools
@@ -51,7 +56,7 @@ def load_library():
     candidates = sorted(glob.glob(os.path.join(_LIBRARY_DIR, _LIBRARY_GLOB)))
     if not candidates:
         raise OpLibraryError(
-            f"The compiled LRN op library ({_LIBRARY_GLOB}) was not found in {_LIBRARY_DIR}. "
+            f"The compiled op library ({_LIBRARY_GLOB}) was not found in {_LIBRARY_DIR}. "
             + _rebuild_hint()
         )
     path = candidates[0]
@@ -175,3 +180,45 @@ def local_response_normalization_reference(
         )
         scale = tf.pow(bias + alpha * window_sum, -beta)
         return tf.cast(xc * scale, x.dtype)
+
+
+def resize_flip_and_normalize(region, size, mean_image, mean_offset, flip, rgb, name=None):
+    """One training crop from the decoded region it covers, in a single pass.
+
+    Args:
+      region: uint8 [h, w, 3], the part of the image that the crop covers.
+      size: the crop's side; the region is resized to [size, size] (bilinear,
+        half-pixel centres, as `tf.image.resize`).
+      mean_image: float32 [H, W, 3], the dataset's mean image.
+      mean_offset: int32 [2], the crop's (y, x) offset in mean_image.
+      flip: bool scalar, mirror the crop left-right.
+      rgb: float32 [3], added to every pixel (the PCA lighting vector).
+
+    Returns:
+      float32 [size, size, 3]: `resize_flip_and_normalize_reference`'s value.
+
+    Raises:
+      tf.errors.InvalidArgumentError: for a region that is not a non-empty
+        [h, w, 3] uint8 image, or a crop that does not fit in mean_image.
+    """
+    with tf.name_scope(name or "ResizeFlipAndNormalize"):
+        return load_library().alexnet_tf_resize_flip_and_normalize(
+            tf.convert_to_tensor(region, tf.uint8),
+            tf.convert_to_tensor(mean_image, tf.float32),
+            tf.cast(mean_offset, tf.int32),
+            tf.convert_to_tensor(flip, tf.bool),
+            tf.convert_to_tensor(rgb, tf.float32),
+            size=int(size),
+        )
+
+
+def resize_flip_and_normalize_reference(region, size, mean_image, mean_offset, flip, rgb):
+    """`resize_flip_and_normalize` as standard TensorFlow ops, one pass each."""
+    resized = tf.image.resize(tf.cast(region, tf.float32), [size, size])
+    mean_offset = tf.cast(mean_offset, tf.int32)
+    mean = tf.slice(tf.cast(mean_image, tf.float32), [mean_offset[0], mean_offset[1], 0],
+                    [size, size, 3])
+    crop = resized - mean
+    crop = tf.cond(tf.convert_to_tensor(flip, tf.bool), lambda: tf.reverse(crop, [1]),
+                   lambda: crop)
+    return crop + tf.reshape(tf.cast(rgb, tf.float32), [1, 1, 3])

@@ -11,13 +11,18 @@ machine hits all alike:
 
   full           the training pipeline as training uses it:
                  input_pipeline.make_train_dataset(Source.encoded_train, ...): read,
-                 decode of the crop's window, resize, crop, flip, mean subtraction,
-                 PCA lighting, batching; corrupt-image skipping and counting included;
+                 decode of the crop's window, then resize, flip, mean subtraction and
+                 PCA lighting in one compiled op, batching; corrupt-image skipping and
+                 counting included;
   bare           decode-resize-crop-flip only, with the same decode of the crop's
-                 window and tf.data's fused map-and-batch;
+                 window, TensorFlow's resize and flip, and tf.data's fused
+                 map-and-batch;
   bare_skipping  bare with full's skipping and counting of corrupt images (which
-                 keeps tf.data from fusing the map with the batching): full without
-                 mean subtraction and lighting, and nothing else;
+                 keeps tf.data from fusing the map with the batching);
+  bare_fused     bare_skipping with full's resize: the compiled
+                 ops.resize_flip_and_normalize with a zero mean image and no
+                 lighting, i.e. full without mean subtraction and lighting, and
+                 nothing else;
   bare_central   the bare pipeline as usually written: decode the central square,
                  resize it to 256, random 224 crop, flip;
   full_decoded   the full pipeline fed decoded images (Source.train), i.e. the
@@ -50,7 +55,7 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import data, dataset_stats  # noqa: E402
+from alexnet_tf import data, dataset_stats, ops  # noqa: E402
 from alexnet_tf import input_pipeline as ip  # noqa: E402
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Distinct JPEGs generated.")
@@ -62,7 +67,8 @@ _BATCHES = flags.DEFINE_integer("batches", 6, "Timed batches per measurement.")
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Measurements of every pipeline.")
 _PIPELINES = flags.DEFINE_list(
     "pipelines",
-    ["full", "bare", "bare_skipping", "bare_central", "full_decoded", "full_prepared"],
+    ["full", "bare", "bare_skipping", "bare_fused", "bare_central", "full_decoded",
+     "full_prepared"],
     "Which pipelines to time.",
 )
 _DCT_METHOD = flags.DEFINE_enum(
@@ -104,13 +110,24 @@ def write_image_folder(root, num_images, height, width, quality, seed=0):
     return sum(sizes) / len(sizes)
 
 
-def bare_dataset(examples, batch_size, central, dct_method, skipping=False, seed=0):
-    """Decode, resize, random crop and flip only; same shuffling and parallelism as full."""
+def bare_dataset(examples, batch_size, central, dct_method, skipping=False, fused=False,
+                 seed=0):
+    """Decode, resize, random crop and flip only; same shuffling, parallelism and tf.data
+    options as full."""
     size, crop = ip.PAPER_IMAGE_SIZE, ip.PAPER_CROP_SIZE
+    zero_mean, zero_rgb = tf.zeros([size, size, 3]), tf.zeros([3])
 
     def augment(index, example):
         crop_seed, _ = ip.augmentation_seeds(seed, index)
-        if central:
+        if fused:
+            offset_y, offset_x, flip = ip.random_crop_window(size, size, crop, crop_seed)
+            region = ip.decode_crop_region(
+                example["image"], size, crop, offset_y, offset_x, dct_method
+            )
+            image = ops.resize_flip_and_normalize(
+                region, crop, zero_mean, tf.stack([offset_y, offset_x]), flip, zero_rgb
+            )
+        elif central:
             image = ip.decode_crop_and_resize(example["image"], size, size, 0, 0, dct_method)
             image = ip.random_crop_and_flip(image, crop, crop_seed)
         else:
@@ -131,7 +148,7 @@ def bare_dataset(examples, batch_size, central, dct_method, skipping=False, seed
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size, drop_remainder=True)
         )
-    return batches.prefetch(tf.data.AUTOTUNE)
+    return ip.one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE))
 
 
 def measure(iterator, batches, batch_size):
@@ -184,6 +201,10 @@ def main(argv):
         ),
         "bare_skipping": lambda: bare_dataset(
             source.encoded_train, _BATCH_SIZE.value, False, _DCT_METHOD.value, skipping=True
+        ),
+        "bare_fused": lambda: bare_dataset(
+            source.encoded_train, _BATCH_SIZE.value, False, _DCT_METHOD.value, skipping=True,
+            fused=True,
         ),
         "bare_central": lambda: bare_dataset(
             source.encoded_train, _BATCH_SIZE.value, True, _DCT_METHOD.value
@@ -240,7 +261,7 @@ def main(argv):
             f"\nfull: {wall / cores:.0f} images/s per core (wall / nproc), {cpu:.0f} per "
             f"CPU-second; {passed} the target of {TARGET_IMAGES_PER_SECOND_PER_CORE} by wall clock"
         )
-    for bare in ("bare", "bare_skipping", "bare_central"):
+    for bare in ("bare", "bare_skipping", "bare_fused", "bare_central"):
         if "full" not in results or bare not in results:
             continue
         ratios = [f[0] / b[0] for f, b in zip(results["full"], results[bare])]
