@@ -1,6 +1,7 @@
-"""Builds alexnet_tf and its compiled LRN op against the installed TensorFlow.
+"""Builds alexnet_tf and its compiled ops against the installed TensorFlow.
 
-The op's C++ kernels are compiled with the flags TensorFlow reports
+The ops (LRN, and the fused resize-flip-normalize of training crops) are one
+library; its C++ kernels are compiled with the flags TensorFlow reports
 (`tf.sysconfig`), so TensorFlow must be installed before this package and the
 build must see it: install with `pip install --no-build-isolation .`.
 
