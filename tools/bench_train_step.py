@@ -1,6 +1,6 @@
 """Times one AlexNet training step on random data and sets it against this machine's limits.
 
-    python tools/bench_train_step.py                          # batch 128, the figures
+    python tools/bench_train_step.py                            # batch 128, the figures
     python tools/bench_train_step.py --batch_size=16 --steps=2  # a quick look
 
 One step is the forward pass, the backward pass and the paper's momentum update
@@ -9,23 +9,50 @@ One step is the forward pass, the backward pass and the paper's momentum update
     v <- 0.9 v - 0.0005 lr w - lr g ;  w <- w + v      (decay on weights, not biases)
 
 Three models are timed in the same process, one step of each in turn per round,
-so that a load change on the machine hits all of them alike; each figure is the
-median over rounds after the warm-up steps:
+so that a change of load on the machine hits all of them alike; each figure is
+the median over rounds after the warm-up steps (the minimum and the process CPU
+time are printed too, since other work on a shared machine inflates medians):
 
-  float32         alexnet_tf.model.build_alexnet(), the two towers as separate layers
-                  and the compiled LRN op;
-  plain_keras     what a user writes first: one Conv2D(groups=2) for each split
-                  layer and tf.nn.local_response_normalization, same shapes and
-                  parameter count (its LRN windows cross the tower boundary at
-                  channel 48 / 128, which does not change the work);
-  mixed_bfloat16  build_alexnet(dtype_policy="mixed_bfloat16").
+  float32         alexnet_tf.model.build_alexnet(): the towers as separate layers,
+                  conv1's two towers as one convolution, the compiled LRN op;
+  plain_keras     what a user writes first: Conv2D(groups=2) for conv2, conv4 and
+                  conv5 and tf.nn.local_response_normalization, same shapes and
+                  parameter count. TensorFlow's CPU convolution kernel has no
+                  grouped convolution, so Keras runs these three layers (forward
+                  and backward) as XLA-compiled functions, whose CPU convolutions
+                  are much slower than oneDNN's. Its LRN windows cross the tower
+                  boundary at channel 48 / 128, which does not change the work;
+  mixed_bfloat16  build_alexnet(dtype_policy="mixed_bfloat16"). TensorFlow hands
+                  bfloat16 ops to oneDNN only on CPUs with AVX512F or AVX-NE-CONVERT
+                  (IsDataTypeSupportedByOneDNNOnThisCPU); on an AVX2-only CPU the
+                  bfloat16 convolution gradients run as generic Eigen code, many
+                  times slower than float32. Without AVX512-BF16 or AMX there is
+                  no bfloat16 arithmetic to gain from anyway, only memory traffic.
 
-The limit is the float32 matrix-multiply rate measured in the same run (tf.matmul
-of two large square float32 matrices). Model FLOPs are counted from the traced
-forward graph: each Conv2D and MatMul costs 2 x (output elements) x (kernel
-height x width x input channels per group, or the inner dimension); a training
-step is that forward cost three times (forward, input gradient, weight gradient)
-less conv1's input gradient, which is never computed since the images need none.
+The limit is the float32 matrix-multiply rate measured in the same run: the best
+median of tf.matmul on two large square float32 matrices, one product at a time
+or two at once. Model FLOPs are counted from the traced forward graph: each
+Conv2D and MatMul costs 2 x (output elements) x (kernel height x width x input
+channels per group, or the inner dimension); a training step is that forward cost
+three times (forward, input gradient, weight gradient) less conv1's input
+gradient, which is never computed since the images need none.
+
+Tried on the 2-core AVX2 CPU (float32, batch 32-128):
+  - The update as separate TensorFlow ops reads and writes the 61M parameters
+    about seven times, ~0.4 s a step; XLA-compiling the update alone fuses it into
+    one pass per variable (below). ResourceApplyKerasMomentum was no faster.
+  - Whole-step XLA (jit_compile=True) is impossible with the compiled LRN op, and
+    XLA's CPU convolutions are the slow part of plain_keras anyway.
+  - conv1's towers as one 96-kernel convolution (build_alexnet does this when the
+    towers share a device): conv1 forward and weight gradient 0.95 s against 1.18 s
+    at batch 64 measured alone. conv1 as a 3x3 convolution on a space-to-depth(4)
+    input (48 channels instead of 3): no faster. conv3 as one convolution: within
+    noise; fc6 as one matmul: slower (its weights are concatenated every step).
+  - max_pool_with_argmax and its gradient instead of MaxPoolGrad: no faster.
+  - TF_ONEDNN_THREADPOOL_USE_CALLER_THREAD=1, --inter_op_threads=1: within noise
+    for the whole step. With TensorFlow's default threads a lone convolution runs
+    at about one core's speed, but the towers' ops run two at a time; with one
+    inter-op thread each op uses both cores and the towers no longer overlap.
 """
 
 import os
@@ -187,12 +214,18 @@ def _median_seconds(fn, repeats):
     return statistics.median(times)
 
 
-def matmul_rate(size, repeats=5):
-    """Median float32 FLOP/s of tf.matmul on two size x size matrices."""
+def matmul_rate(size, streams, repeats=5):
+    """Median float32 FLOP/s of `streams` independent tf.matmul of size x size matrices.
+
+    Two streams let TensorFlow's inter-op threads run two products at once, which is
+    how the model's towers keep both cores busy; with its default threads a single
+    product does not always use both.
+    """
     a = tf.random.normal([size, size])
-    b = tf.random.normal([size, size])
-    matmul = tf.function(tf.matmul)
-    return 2 * size**3 / _median_seconds(lambda: matmul(a, b).numpy(), repeats)
+    bs = [tf.random.normal([size, size]) for _ in range(streams)]
+    products = tf.function(lambda: [tf.reduce_sum(tf.matmul(a, b)) for b in bs])
+    seconds = _median_seconds(lambda: [p.numpy() for p in products()], repeats)
+    return 2 * streams * size**3 / seconds
 
 
 def numpy_matmul_rate(size, repeats=3):
@@ -240,24 +273,26 @@ def main(argv):
         for _ in range(_WARMUP.value):
             steps[name](images, labels).numpy()
 
-    sizes = _MATMUL_SIZES.value
-    rates = {size: [matmul_rate(size)] for size in sizes}
+    kinds = [(size, streams) for size in _MATMUL_SIZES.value for streams in (1, 2)]
+    rates = {kind: [matmul_rate(*kind)] for kind in kinds}
     times = {name: [] for name in steps}
+    cpu_times = {name: [] for name in steps}
     for _ in range(_STEPS.value):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             loss = step(images, labels).numpy()
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
             if not np.isfinite(loss):
                 raise RuntimeError(f"{name}: non-finite loss {loss}")
-        for size in sizes:
-            rates[size].append(matmul_rate(size, repeats=3))
+        for kind in kinds:
+            rates[kind].append(matmul_rate(*kind, repeats=3))
 
-    for size in sizes:
-        print(f"tf.matmul float32 {size}x{size}: median {statistics.median(rates[size]) / 1e9:.1f}"
-              f" GFLOP/s over {len(rates[size])} measurements interleaved with the steps ("
-              + ", ".join(f"{r / 1e9:.1f}" for r in rates[size]) + ")")
-    # The limit is the best size's median: the highest rate tf.matmul sustains here.
+    for (size, streams), rs in rates.items():
+        print(f"tf.matmul float32 {size}x{size}, {streams} at once: median "
+              f"{statistics.median(rs) / 1e9:.1f} GFLOP/s over {len(rs)} measurements "
+              "interleaved with the steps (" + ", ".join(f"{r / 1e9:.1f}" for r in rs) + ")")
+    # The limit is the best median: the highest rate tf.matmul sustains here.
     rate = max(statistics.median(r) for r in rates.values())
     print(f"limit: {rate / 1e9:.1f} GFLOP/s; NumPy's BLAS at 4096: "
           f"{numpy_matmul_rate(4096) / 1e9:.1f} GFLOP/s, load average now "
@@ -267,8 +302,9 @@ def main(argv):
         median[name] = statistics.median(ts)
         model_rate = flops * batch / median[name]
         print(f"{name:15s} step median {median[name]:7.3f} s, min {min(ts):7.3f} s "
-              f"({', '.join(f'{t:.2f}' for t in ts)}), {batch / median[name]:5.1f} images/s, "
-              f"{model_rate / 1e9:5.1f} GFLOP/s = {model_rate / rate:.2f} of tf.matmul")
+              f"({', '.join(f'{t:.2f}' for t in ts)}; CPU "
+              f"{statistics.median(cpu_times[name]):.2f} s), {batch / median[name]:5.1f} "
+              f"images/s, {model_rate / 1e9:5.1f} GFLOP/s = {model_rate / rate:.2f} of tf.matmul")
     if "float32" in median and "plain_keras" in median:
         ratio = median["plain_keras"] / median["float32"]
         print(f"float32 speed-up over plain Keras: {ratio:.2f}x "
