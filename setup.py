@@ -147,6 +147,8 @@ setup(
         "tensorboard>=2.20",
         # tensorflow-datasets imports it for its imagenet2012 builder without declaring it.
         "importlib_resources",
+        # The figures of alexnet_tf.predict.
+        "matplotlib>=3.8",
     ],
     extras_require={
         # The compiled op is tied to the exact TensorFlow minor version it was

@@ -30,6 +30,8 @@ import tensorflow as tf
 from alexnet_tf import input_pipeline, model as model_lib
 
 TOP_K = 5
+# Beside saved_model.pb: what a reader needs to know without running the graph.
+INFO_FILE = "alexnet_tf.json"
 
 
 class ServingModule(tf.Module):
@@ -132,7 +134,7 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
         # Serving needs no gradients, and the towers' are device-placed functions.
         options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
     )
-    with open(os.path.join(staging, "alexnet_tf.json"), "w") as f:
+    with open(os.path.join(staging, INFO_FILE), "w") as f:
         json.dump({"num_classes": num_classes, "image_size": model_config.image_size,
                    "crop_size": model_config.crop_size, "ten_crop": ten_crop,
                    "standard_ops_only": not keep_custom_op}, f, indent=2)
@@ -144,19 +146,9 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
 
 def export_from_model_dir(model_dir, output=None, ten_crop=False, keep_custom_op=False):
     """Exports the latest checkpoint of a training run's model directory."""
-    from alexnet_tf import dataset_stats, trainer
+    from alexnet_tf import inference, trainer
 
-    config = trainer.load_config(model_dir)
-    checkpoint_dir = os.path.join(model_dir, trainer.CHECKPOINT_DIR)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        raise trainer.TrainingError(f"No checkpoint in {checkpoint_dir}: nothing to export.")
-    with open(os.path.join(model_dir, trainer.CLASSES_FILE)) as f:
-        class_names = json.load(f)
-    network = trainer.create_model(config, len(class_names), tower_devices=(None,) * config.towers)
-    tf.train.Checkpoint(model=network).read(latest).expect_partial()
-    stats = dataset_stats.load_stats(
-        config.stats_file or os.path.join(model_dir, trainer.STATS_FILE))
+    config, network, class_names, stats, _ = inference.restore_model_dir(model_dir)
     return export_saved_model(config, len(class_names), network.get_weights(), stats,
                               class_names, output or os.path.join(model_dir, trainer.EXPORT_DIR),
                               ten_crop=ten_crop, keep_custom_op=keep_custom_op)

@@ -1,0 +1,289 @@
+"""A trained network for the evaluation and figure tools, from either place it is kept.
+
+`load_model(path)` takes a training run's model directory (config.json, classes.json,
+dataset_stats.npz, checkpoints/) or a SavedModel written by `alexnet_tf.export`, and
+gives a `LoadedModel` whose `predict(encoded)` returns the softmax and the fc7 features
+of a batch of encoded images. Both kinds run the one serving function
+(`export.ServingModule`: decode, central square rescaled, mean image subtracted, centre
+crop or ten crops), so they give the same numbers: a model directory in this process,
+with either crop mode; a SavedModel through its `serving_default` signature, with the
+crop mode it was exported with.
+
+The rest is what the tools share: the data source of a split, its examples in batches
+of encoded images (undecodable ones dropped and counted), image files read and checked,
+thumbnails, and the absl flags they have in common.
+"""
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_tf import data, dataset_stats, export, input_pipeline, trainer
+
+CENTER = "center"
+TEN_CROP = "ten_crop"
+CROP_MODES = (CENTER, TEN_CROP)
+SPLITS = ("train", "validation")
+
+
+class InferenceError(trainer.TrainingError):
+    """A model, image, index or dataset the tools cannot use; the message names it.
+
+    A TrainingError, so that callers that catch the package's user errors catch it too.
+    """
+
+
+# What the commands report as a one-line error rather than a traceback: bad models,
+# data, images or indexes, and files that cannot be read or written.
+USER_ERRORS = (trainer.TrainingError, OSError)
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A trained network behind one prediction function per crop mode it offers.
+
+    `serve[mode](encoded)` maps a string tensor [N] of encoded images to the export's
+    output dict. `config` is the training configuration (None for a SavedModel).
+    `conv1_kernels` are conv1's weights, one [k, k, 3, filters] array per tower.
+    `identity` names the weights: the checkpoint, or the SavedModel's directory.
+    """
+
+    path: str
+    class_names: list
+    serve: dict
+    conv1_kernels: list
+    identity: str
+    config: object = None
+    # What `serve` needs kept alive (its functions hold their module weakly).
+    owner: object = None
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    @property
+    def crop_modes(self):
+        return tuple(self.serve)
+
+    def predict(self, encoded, crop_mode=None):
+        """{"probabilities": [N, C], "features": [N, D]} (NumPy float32) for encoded
+        images (bytes), with `crop_mode` (default: the first the model offers)."""
+        crop_mode = crop_mode or self.crop_modes[0]
+        if crop_mode not in self.serve:
+            raise InferenceError(
+                f"{self.path} offers only {', '.join(self.crop_modes)} (a SavedModel keeps "
+                f"the crop mode it was exported with), not {crop_mode}.")
+        outputs = self.serve[crop_mode](tf.constant(list(encoded), tf.string))
+        return {key: outputs[key].numpy() for key in ("probabilities", "features")}
+
+
+def restore_model_dir(model_dir):
+    """(config, float32 network with the latest checkpoint's weights, class names,
+    dataset statistics, checkpoint path) of a training run's model directory."""
+    config = trainer.load_config(model_dir)
+    checkpoint_dir = os.path.join(model_dir, trainer.CHECKPOINT_DIR)
+    latest = tf.train.latest_checkpoint(checkpoint_dir)
+    if latest is None:
+        raise InferenceError(f"No checkpoint in {checkpoint_dir}: train the model first.")
+    with open(os.path.join(model_dir, trainer.CLASSES_FILE)) as f:
+        class_names = json.load(f)
+    network = trainer.create_model(config, len(class_names), tower_devices=(None,) * config.towers,
+                                   dtype_policy="float32")
+    try:
+        tf.train.Checkpoint(model=network).read(latest).expect_partial()
+    except (ValueError, tf.errors.OpError) as e:
+        raise InferenceError(
+            f"{latest} does not fit the network of {model_dir}'s config.json and "
+            f"classes.json ({len(class_names)} classes): {e}") from e
+    stats_path = config.stats_file or os.path.join(model_dir, trainer.STATS_FILE)
+    try:
+        stats = dataset_stats.load_stats(stats_path)
+    except (OSError, ValueError) as e:
+        raise InferenceError(str(e)) from e
+    return config, network, class_names, stats, latest
+
+
+def _load_model_dir(model_dir):
+    config, network, class_names, stats, latest = restore_model_dir(model_dir)
+    modules = {
+        mode: export.ServingModule(network, stats.mean_image, class_names, config.image_size,
+                                   config.crop_size, ten_crop=mode == TEN_CROP)
+        for mode in CROP_MODES
+    }
+    kernels = [w.numpy() for w in network.get_layer("conv1").trainable_weights if len(w.shape) == 4]
+    return LoadedModel(model_dir, class_names,
+                       {mode: module.serve_encoded for mode, module in modules.items()},
+                       kernels, latest, config, owner=modules)
+
+
+def _load_saved_model(export_dir):
+    info_path = os.path.join(export_dir, export.INFO_FILE)
+    if not os.path.exists(info_path):
+        raise InferenceError(f"{export_dir} is a SavedModel without {export.INFO_FILE}: "
+                             "not one written by alexnet_tf.export.")
+    with open(info_path) as f:
+        info = json.load(f)
+    loaded = tf.saved_model.load(export_dir)
+    signature = loaded.signatures["serving_default"]
+    kernels = [v.numpy() for v in loaded.tf_variables
+               if v.name.startswith("conv1/") and len(v.shape) == 4]
+    mode = TEN_CROP if info["ten_crop"] else CENTER
+    return LoadedModel(
+        export_dir, [n.decode() for n in loaded.class_names.numpy()],
+        {mode: lambda encoded: signature(images=encoded)}, kernels, os.path.abspath(export_dir),
+        owner=loaded)
+
+
+def load_model(path):
+    """A `LoadedModel` from a model directory or an alexnet_tf SavedModel at `path`."""
+    if not path or not os.path.exists(path):
+        raise InferenceError(f"{path} does not exist.")
+    if os.path.exists(os.path.join(path, "saved_model.pb")):
+        return _load_saved_model(path)
+    if os.path.exists(os.path.join(path, trainer.CONFIG_FILE)):
+        return _load_model_dir(path)
+    raise InferenceError(f"{path} is neither a model directory (no {trainer.CONFIG_FILE}) nor "
+                         "a SavedModel (no saved_model.pb).")
+
+
+def check_same_classes(models):
+    """Refuses models whose outputs mean different things (an ensemble averages them)."""
+    first = models[0]
+    for other in models[1:]:
+        if other.class_names != first.class_names:
+            raise InferenceError(
+                f"{other.path} has {other.num_classes} classes and {first.path} has "
+                f"{first.num_classes}" + (" with other names" if other.num_classes ==
+                                           first.num_classes else "")
+                + ": their predictions cannot be compared or averaged.")
+
+
+# ----------------------------------------------------------------------------------
+# Data.
+
+
+def load_data_source(models=(), dataset=None, data_dir=None, manual_dir=None):
+    """The `data.Source` named by dataset/data_dir/manual_dir; what is not given comes
+    from the first model directory's training configuration (also its val_fraction and
+    seed, so a held-out split is the one that run held out)."""
+    config = next((m.config for m in models if m.config is not None), None)
+    if config is None and not (dataset and data_dir):
+        raise InferenceError("--dataset and --data_dir are needed (no model directory to "
+                             "take them from).")
+    base = config or trainer.TrainConfig()
+    config = dataclasses.replace(base, dataset=dataset or base.dataset,
+                                 data_dir=data_dir or base.data_dir,
+                                 manual_dir=manual_dir or base.manual_dir)
+    return trainer.load_source(config), config
+
+
+def split_examples(source, split):
+    """The split's encoded examples in an order fixed by the source's seed."""
+    if split not in SPLITS:
+        raise InferenceError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    return source.train_for_epoch(0) if split == "train" else source.encoded_validation
+
+
+def split_size(source, split):
+    return source.num_train_examples if split == "train" else source.num_validation_examples
+
+
+def split_batches(source, split, batch_size, max_examples=None):
+    """NumPy (encoded images, labels, ids) batches of a split, undecodable images dropped
+    and counted in `source.corrupt_counter`."""
+    if split_size(source, split) == 0:
+        raise InferenceError(f"The {split} split of {source.name} is empty.")
+    examples = split_examples(source, split)
+    if max_examples:
+        examples = examples.take(max_examples)
+
+    def checked(index, example):
+        del index
+        # The image's shape comes out so that the decode cannot be pruned: the serving
+        # function decodes again, and one bad image would fail its whole batch.
+        shape = tf.shape(input_pipeline.decode_image(example["image"]))
+        return example["image"], example["label"], example["id"], shape
+
+    batches = input_pipeline.map_and_batch_skipping_corrupt(
+        examples, checked, source.corrupt_counter, batch_size)
+    for encoded, labels, ids, _ in batches.as_numpy_iterator():
+        yield encoded, labels, ids
+
+
+def read_image_file(path):
+    """The bytes of an image file, checked to decode."""
+    if not os.path.isfile(path):
+        raise InferenceError(f"Image {path} does not exist.")
+    with open(path, "rb") as f:
+        encoded = f.read()
+    try:
+        input_pipeline.decode_image(encoded)
+    except tf.errors.OpError as e:
+        raise InferenceError(f"Image {path} cannot be decoded: {e.message}") from e
+    return encoded
+
+
+def thumbnail(encoded, size):
+    """uint8 [size, size, 3]: an image's central square, as the network sees it, rescaled."""
+    image = input_pipeline.resize_shorter_and_center_crop(
+        input_pipeline.decode_image(encoded), size)
+    return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
+
+
+def write_png(image, path):
+    """Writes uint8 [H, W, 3] as a PNG, creating its directory."""
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    tf.io.write_file(path, tf.io.encode_png(image))
+
+
+# ----------------------------------------------------------------------------------
+# The commands' shared flags, defined only by the commands themselves.
+
+
+def define_model_flags(flags, output_help, output_required=False, multiple=False):
+    """--model_dir (repeatable with `multiple`, for an ensemble) and --output."""
+    if multiple:
+        model_dir = flags.DEFINE_multi_string(
+            "model_dir", None, "A model directory or SavedModel; repeat it, or give a "
+            "comma-separated list, for an ensemble.", required=True)
+    else:
+        model_dir = flags.DEFINE_string("model_dir", None, "A training run's model directory, "
+                                        "or a SavedModel written by alexnet_tf.export.",
+                                        required=True)
+    output = flags.DEFINE_string("output", None, output_help, required=output_required)
+    return {"model_dir": model_dir, "output": output}
+
+
+def define_dataset_flags(flags, split_default="validation"):
+    return {
+        "dataset": flags.DEFINE_enum(
+            "dataset", None, [data.IMAGENET2012, data.IMAGE_FOLDER, "synthetic"],
+            "As for alexnet_tf.train; default: the first model directory's."),
+        "data_dir": flags.DEFINE_string(
+            "data_dir", None, "TFDS data directory or image folder root; default: the first "
+            "model directory's."),
+        "manual_dir": flags.DEFINE_string(
+            "manual_dir", None, "imagenet2012: where the ILSVRC-2012 tars are."),
+        "split": flags.DEFINE_enum("split", split_default, list(SPLITS), "Which split."),
+    }
+
+
+def run_command(main, holders, positional=None):
+    """Runs main(values) under absl: `values` holds the FlagHolders' values by name and,
+    if `positional` names it, the positional arguments; otherwise these are refused."""
+    from absl import app
+
+    def run(argv):
+        values = {name: holder.value for name, holder in holders.items()}
+        if positional:
+            values[positional] = argv[1:]
+        elif len(argv) > 1:
+            raise SystemExit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
+        main(values)  # what it returns is for callers in Python; the exit status is 0
+
+    app.run(run)

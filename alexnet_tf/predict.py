@@ -1,0 +1,131 @@
+"""Figure 4, left: images with their five most probable classes and the probabilities.
+
+    python -m alexnet_tf.predict --model_dir=MODEL_DIR --output=predictions.png IMAGE ...
+        [--labels=CLASS,...]
+
+MODEL_DIR is a training run's model directory or its SavedModel. One PNG: a row per
+image, the image beside bars of its top-5 probabilities; the true label's bar is drawn
+red when it is among them, and the true label is written under the image. The true
+label is the --labels entry for the image, else the image's folder name when that is
+a class name (as in an image-folder dataset). The top-5 are printed too.
+"""
+
+import os
+import sys
+
+import numpy as np
+
+from alexnet_tf import inference
+
+TOP_K = 5  # Figure 4 shows the five most probable labels
+BATCH_SIZE = 64
+HIGHLIGHT = (214, 39, 40)  # the true label's bar
+BAR = (31, 119, 180)
+ROW_INCHES = 2.0
+MARGIN_INCHES = 0.3
+FIGURE_INCHES = 8.0
+DPI = 100
+
+
+def true_label(path, class_names, label=None):
+    """The given label, else the image's folder name if it is a class; None if neither."""
+    if label:
+        if label not in class_names:
+            raise inference.InferenceError(f"--labels names {label!r} for {path}, which is not "
+                                           "one of the model's classes.")
+        return label
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return folder if folder in class_names else None
+
+
+def predict_files(model, paths, labels=None, crop_mode=None):
+    """[{"path", "label" (or None), "top": [(class index, name, probability)] * 5,
+    "probabilities": [C]}] for image files, in their order."""
+    if labels and len(labels) != len(paths):
+        raise inference.InferenceError(f"--labels has {len(labels)} entries for {len(paths)} "
+                                       "images; give one per image.")
+    encoded = [inference.read_image_file(path) for path in paths]
+    probabilities = np.concatenate([
+        model.predict(encoded[start:start + BATCH_SIZE], crop_mode)["probabilities"]
+        for start in range(0, len(encoded), BATCH_SIZE)])
+    records = []
+    for index, (path, p) in enumerate(zip(paths, probabilities)):
+        top = np.argsort(-p, kind="stable")[:TOP_K]
+        records.append({
+            "path": path,
+            "label": true_label(path, model.class_names, labels[index] if labels else None),
+            "top": [(int(c), model.class_names[c], float(p[c])) for c in top],
+            "probabilities": p,
+        })
+    return records, encoded
+
+
+def draw_predictions(records, encoded, path):
+    """Writes the figure: a row per record, FIGURE_INCHES x ROW_INCHES at DPI."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(FIGURE_INCHES, ROW_INCHES * len(records)), dpi=DPI)
+    FigureCanvasAgg(figure)
+    margin = MARGIN_INCHES / figure.get_figheight()  # the same for any number of rows
+    grid = figure.add_gridspec(len(records), 2, width_ratios=(1, 2), wspace=0.6, hspace=0.5,
+                               left=0.04, right=0.96, bottom=margin, top=1 - margin)
+    colours = {True: np.array(HIGHLIGHT) / 255, False: np.array(BAR) / 255}
+    for row, (record, image) in enumerate(zip(records, encoded)):
+        picture = figure.add_subplot(grid[row, 0])
+        picture.imshow(inference.thumbnail(image, 128))
+        picture.set_xticks([])
+        picture.set_yticks([])
+        picture.set_title(os.path.basename(record["path"]), fontsize=8)
+        picture.set_xlabel(f"true: {record['label']}" if record["label"] else "", fontsize=9)
+        bars = figure.add_subplot(grid[row, 1])
+        names = [name for _, name, _ in record["top"]]
+        bars.barh(range(len(names)), [p for _, _, p in record["top"]],
+                  color=[colours[name == record["label"]] for name in names])
+        bars.set_yticks(range(len(names)), names, fontsize=8)
+        bars.invert_yaxis()
+        bars.set_xlim(0, 1)
+        bars.tick_params(axis="x", labelsize=7)
+    directory = os.path.dirname(path)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+
+
+def format_predictions(records):
+    lines = []
+    for record in records:
+        lines.append(record["path"] + (f" (true: {record['label']})" if record["label"] else ""))
+        for rank, (_, name, p) in enumerate(record["top"], 1):
+            mark = "  <- true" if name == record["label"] else ""
+            lines.append(f"  {rank}. {name}  {p:.4f}{mark}")
+    return "\n".join(lines)
+
+
+def main(values):
+    """The command, given its flags' values by name (`images`: the image files)."""
+    try:
+        if not values["images"]:
+            raise inference.InferenceError("Name at least one image file after the flags.")
+        for path in values["images"]:  # before the model loads, which takes a while
+            inference.read_image_file(path)
+        model = inference.load_model(values["model_dir"])
+        records, encoded = predict_files(model, values["images"], values["labels"])
+        print(format_predictions(records))
+        draw_predictions(records, encoded, values["output"])
+    except inference.USER_ERRORS as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {values['output']}")
+    return records
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    holders = {
+        **inference.define_model_flags(flags, "The PNG to write.", output_required=True),
+        "labels": flags.DEFINE_list("labels", None, "The true class name of each image, in "
+                                    "order (default: the image's folder name, if a class)."),
+    }
+    flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
+    inference.run_command(main, holders, positional="images")
