@@ -66,6 +66,9 @@ LIGHTING_SCALES = (LIGHTING_SQRT_EIGENVALUE, LIGHTING_EIGENVALUE, LIGHTING_NONE)
 DEFAULT_DCT_METHOD = "INTEGER_FAST"
 # Encoded examples held by the training shuffle; ImageNet JPEGs average about 110 kB.
 DEFAULT_SHUFFLE_BUFFER = 4096
+# The key under which a sharded stream keeps each example's position in the whole
+# stream, its augmentation seed (`shard_keeping_stream_index`).
+STREAM_INDEX = "stream_index"
 
 _MAX_PIXEL = 255.0
 
@@ -563,6 +566,21 @@ def one_thread_per_image(dataset):
     return dataset.with_options(options)
 
 
+def shard_keeping_stream_index(examples, num_shards, shard_index):
+    """Every num_shards-th example from shard_index on, each with its position in the
+    whole stream under STREAM_INDEX.
+
+    Dropping the other examples here, after any shuffle and before decoding, leaves each
+    shard its share of the decoding and augmentation but not of the reading: every
+    shard reads the whole stream.
+    """
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {num_shards}).")
+    return examples.enumerate().shard(num_shards, shard_index).map(
+        lambda index, example: {**example, STREAM_INDEX: index}
+    )
+
+
 def make_train_dataset(
     examples,
     stats,
@@ -577,6 +595,8 @@ def make_train_dataset(
     corrupt_counter=None,
     dct_method=DEFAULT_DCT_METHOD,
     drop_remainder=True,
+    num_shards=1,
+    shard_index=0,
 ):
     """Batches of (float32 [B, crop, crop, 3] mean-subtracted, int32 [B] labels) for training.
 
@@ -589,6 +609,13 @@ def make_train_dataset(
     and lighting draws from (seed, its position in the stream), so two epochs differ
     but two runs with the same seed are identical. Examples that fail to decode are
     dropped and added to `corrupt_counter`.
+
+    With `num_shards` > 1, one of several data-parallel input pipelines: every shard
+    shuffles the same stream, keeps the examples at positions shard_index,
+    shard_index + num_shards, ... and augments each as the unsharded pipeline does
+    (its position in the whole stream is its seed). So the k-th batches of all the
+    shards together hold the k-th batch of the unsharded pipeline with num_shards
+    times the batch size, augmented alike.
     """
     if lighting not in LIGHTING_SCALES:
         raise ValueError(f"Unknown lighting {lighting!r}; expected one of {LIGHTING_SCALES}.")
@@ -620,7 +647,7 @@ def make_train_dataset(
         return crop if lighting == LIGHTING_NONE else _add_rgb(crop, rgb)
 
     def augment(index, example):
-        crop_seed, lighting_seed = augmentation_seeds(seed, index)
+        crop_seed, lighting_seed = augmentation_seeds(seed, example.get(STREAM_INDEX, index))
         crop = crop_from_bytes if encoded else crop_from_pixels
         image = crop(example["image"], crop_seed, lighting_rgb(lighting_seed))
         return image, tf.cast(example["label"], tf.int32)
@@ -628,6 +655,8 @@ def make_train_dataset(
     if shuffle_buffer:
         examples = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     examples = examples.repeat(num_epochs)
+    if num_shards > 1:
+        examples = shard_keeping_stream_index(examples, num_shards, shard_index)
     if encoded:
         batches = map_and_batch_skipping_corrupt(
             examples, augment, corrupt_counter or CorruptImageCounter(), batch_size, drop_remainder
@@ -650,12 +679,15 @@ def make_eval_dataset(
     ten_crop=False,
     corrupt_counter=None,
     dct_method=DEFAULT_DCT_METHOD,
+    num_shards=1,
+    shard_index=0,
 ):
     """Batches of (mean-subtracted float32 crops, int32 labels) for evaluation, one pass.
 
     Images are [B, crop, crop, 3] centre crops, or with `ten_crop` [B, 10, crop, crop, 3]
     groups (`ten_crop` order) whose softmax the paper averages. The last batch may be
-    smaller. `examples` is as for `make_train_dataset`.
+    smaller. `examples` is as for `make_train_dataset`. With `num_shards` > 1, only the
+    examples at positions shard_index, shard_index + num_shards, ...
     """
     _check_stats(stats, image_size, crop_size)
     mean_image = tf.constant(np.asarray(stats.mean_image, np.float32))
@@ -678,6 +710,8 @@ def make_eval_dataset(
             image = _ten_crop(image, crop_size) if ten_crop else center_crop(image, crop_size)
         return image, tf.cast(example["label"], tf.int32)
 
+    if num_shards > 1:
+        examples = examples.shard(num_shards, shard_index)
     if encoded:
         batches = map_and_batch_skipping_corrupt(
             examples, preprocess, corrupt_counter or CorruptImageCounter(), batch_size

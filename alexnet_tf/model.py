@@ -438,6 +438,13 @@ def resolve_tower_devices(tower_devices, towers=PAPER_TOWERS):
         raise ValueError(
             f"tower_devices must name one device per tower ({towers}), got {tower_devices!r}"
         )
+    check_visible_devices([name for name in tower_devices if name is not None], "tower device")
+    return tuple(tower_devices)
+
+
+def check_visible_devices(names, what="device"):
+    """Raises ValueError for a name that is not a device, or not a visible logical one:
+    TensorFlow's soft placement would otherwise run its ops elsewhere, silently."""
     logical = [d.name for d in tf.config.list_logical_devices()]
 
     def type_and_index(name):
@@ -445,16 +452,13 @@ def resolve_tower_devices(tower_devices, towers=PAPER_TOWERS):
         return spec.device_type, spec.device_index or 0
 
     visible = {type_and_index(name) for name in logical}
-    for name in tower_devices:
-        if name is None:
-            continue
+    for name in names:
         try:
             requested = type_and_index(name)
         except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"tower device {name!r} is not a device name: {e}") from e
+            raise ValueError(f"{what} {name!r} is not a device name: {e}") from e
         if requested not in visible:
-            raise ValueError(f"tower device {name!r} is not one of the visible devices {logical}")
-    return tuple(tower_devices)
+            raise ValueError(f"{what} {name!r} is not one of the visible devices {logical}")
 
 
 def _check_split(what, count, parts):

@@ -5,7 +5,8 @@
 
 written out as the paper states it, not through a Keras optimizer whose update
 differs (Keras' SGD folds the learning rate into the velocity differently and
-has no decay term on the weights alone).
+has no decay term on the weights alone). Also the dynamic loss scaling that
+float16 training needs around it (`DynamicLossScale`).
 """
 
 import math
@@ -20,6 +21,14 @@ PAPER_WEIGHT_DECAY = 0.0005
 PAPER_LEARNING_RATE = 0.01
 PAPER_LR_FACTOR = 0.1
 PAPER_LR_REDUCTIONS = 3
+
+# Dynamic loss scaling for float16 (`DynamicLossScale`), with the defaults of
+# keras.optimizers.LossScaleOptimizer: start at 2^15, divide by 2 on an overflow,
+# multiply by 2 after 2000 finite steps in a row.
+LOSS_SCALE_INITIAL = 2.0**15
+LOSS_SCALE_GROWTH_STEPS = 2000
+LOSS_SCALE_FACTOR = 2.0
+LOSS_SCALE_MIN = 1.0
 
 
 def is_bias(variable):
@@ -52,12 +61,30 @@ class PaperMomentumSGD(tf.Module):
                 for v in variables
             ]
 
-    def apply(self, gradients, variables, learning_rate):
-        """One step: v <- m v - d lr w - lr g; w <- w + v, for each variable."""
+    def apply(self, gradients, variables, learning_rate, apply_update=True):
+        """One step: v <- m v - d lr w - lr g; w <- w + v, for each variable.
+
+        apply_update: a boolean, or a boolean tensor; False leaves every variable and
+          velocity as it is (a loss-scaled step whose gradients overflowed).
+
+        Under a tf.distribute strategy, call it in replica context with the gradients
+        already summed over the replicas: each replica then updates its own copy of
+        every (mirrored) variable identically, and the weight decay, which is not part
+        of the gradient, is applied once whatever the number of replicas.
+        """
         if len(gradients) != len(self.velocities):
             raise ValueError(
                 f"Got {len(gradients)} gradients for {len(self.velocities)} variables."
             )
+        if isinstance(apply_update, bool):
+            if apply_update:
+                self._update(gradients, variables, learning_rate)
+            return
+        tf.cond(
+            apply_update, lambda: self._update(gradients, variables, learning_rate), lambda: None
+        )
+
+    def _update(self, gradients, variables, learning_rate):
         for gradient, variable, velocity, decay in zip(
             gradients, variables, self.velocities, self._decays
         ):
@@ -68,6 +95,66 @@ class PaperMomentumSGD(tf.Module):
                 step -= decay * lr * w
             velocity.assign(step)
             variable.assign_add(step)
+
+
+def all_finite(tensors):
+    """True when no element of any of the tensors is inf or nan."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in tensors])
+
+
+class DynamicLossScale(tf.Module):
+    """Dynamic loss scaling for float16 training (Micikevicius et al., "Mixed Precision
+    Training", ICLR 2018).
+
+    float16 flushes magnitudes below 6e-8 to zero, and a network's gradients can be
+    that small (the paper above found many of them so). The loss is multiplied by
+    `scale` before the backward pass, which lifts them into range, and the gradients
+    (float32, those of float32 variables) are divided by it before the update. A
+    scale too large makes some gradient overflow to inf or nan: the step's update is
+    then skipped (`PaperMomentumSGD.apply(..., apply_update=False)`) and the scale
+    divided by `factor`, down to `min_scale`; after `growth_steps` finite steps in a
+    row it is multiplied by `factor`. The defaults are those of
+    keras.optimizers.LossScaleOptimizer, which wraps only Keras optimizers.
+
+    The scale and the count of finite steps are variables, so checkpoints carry them.
+    Under a tf.distribute strategy, create it in the strategy's scope and call
+    `update` in replica context with the same `finite` on every replica (decided on
+    gradients already summed over replicas): each replica keeps an identical copy.
+    """
+
+    def __init__(self, initial_scale=LOSS_SCALE_INITIAL, growth_steps=LOSS_SCALE_GROWTH_STEPS,
+                 factor=LOSS_SCALE_FACTOR, min_scale=LOSS_SCALE_MIN, name=None):
+        super().__init__(name=name)
+        if not (math.isfinite(initial_scale) and initial_scale >= min_scale > 0):
+            raise ValueError(f"initial_scale={initial_scale} must be finite and at least "
+                             f"min_scale={min_scale} > 0.")
+        if growth_steps < 1 or factor <= 1:
+            raise ValueError(f"growth_steps={growth_steps} must be at least 1 and "
+                             f"factor={factor} above 1.")
+        self.growth_steps = int(growth_steps)
+        self.factor = float(factor)
+        self.min_scale = float(min_scale)
+        self.scale = tf.Variable(float(initial_scale), trainable=False, name="scale")
+        self.good_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="good_steps")
+
+    def scale_loss(self, loss):
+        return loss * tf.cast(self.scale, loss.dtype)
+
+    def unscale(self, gradients):
+        """The gradients of the scaled loss divided by the scale."""
+        scale = tf.convert_to_tensor(self.scale)
+        return [g / tf.cast(scale, g.dtype) for g in gradients]
+
+    def update(self, finite):
+        """Records a step whose unscaled gradients were all finite, or not."""
+        finite = tf.convert_to_tensor(finite, tf.bool)
+        scale = tf.convert_to_tensor(self.scale)
+        good_steps = tf.where(finite, self.good_steps + 1, tf.zeros_like(self.good_steps))
+        grown = scale * self.factor
+        grow = finite & (good_steps >= self.growth_steps) & tf.math.is_finite(grown)
+        shrunk = tf.maximum(scale / self.factor, self.min_scale)
+        self.scale.assign(tf.where(finite, tf.where(grow, grown, scale), shrunk))
+        self.good_steps.assign(tf.where(grow, tf.zeros_like(good_steps), good_steps))
 
 
 class PlateauSchedule(tf.Module):

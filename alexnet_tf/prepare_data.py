@@ -16,6 +16,7 @@ The output holds train/<class>/<id>.png and val/<class>/<id>.png.
 
 import gzip
 import os
+import shutil
 import struct
 import sys
 
@@ -115,9 +116,23 @@ def prepare_synthetic(output, num_per_class=24, val_per_class=8, num_classes=4, 
 
 
 def ensure_synthetic(output, **kwargs):
-    """Writes the synthetic set to `output` unless it is already there."""
-    if not os.path.isdir(os.path.join(output, "train")):
-        prepare_synthetic(output, **kwargs)
+    """Writes the synthetic set to `output` unless it is already there.
+
+    The workers of a multi-worker run may all call this at once: each writes a copy
+    beside `output` and renames its splits into place, train/ last since its presence
+    means the set is complete; a rename that finds the split there already gives way.
+    """
+    if os.path.isdir(os.path.join(output, "train")):
+        return output
+    staging = f"{os.path.normpath(output)}.tmp-{os.getpid()}"
+    prepare_synthetic(staging, **kwargs)
+    os.makedirs(output, exist_ok=True)
+    for split in ("val", "train"):
+        try:
+            os.rename(os.path.join(staging, split), os.path.join(output, split))
+        except OSError:
+            pass
+    shutil.rmtree(staging, ignore_errors=True)
     return output
 
 

@@ -22,7 +22,7 @@ TRAIN_FLAGS = []  # the names _define_flags defines, in order
 
 
 def _define_flags():
-    from alexnet_tf import input_pipeline, optim
+    from alexnet_tf import distribute, input_pipeline, optim
     from alexnet_tf import model as model_lib
 
     before = set(flags.FLAGS)
@@ -42,15 +42,31 @@ def _define_flags():
                   "crops; small: the same topology for ~32x32 images.")
     f.DEFINE_integer("towers", model_lib.PAPER_TOWERS, "2: the paper's two towers; 1: the "
                      "one-tower comparison net with half the kernels (Section 3.2).")
-    f.DEFINE_list("tower_devices", [], "One device per tower, e.g. /GPU:0,/GPU:1. Default: "
-                  "two GPUs if two are visible, else one device.")
+    f.DEFINE_enum("strategy", distribute.AUTO, list(distribute.STRATEGIES),
+                  "towers: the paper's two towers of one network on two devices (model "
+                  "parallel); one_device; mirrored: data parallel over the local GPUs or "
+                  "--devices; multi_worker: data parallel across machines, configured by the "
+                  "TF_CONFIG environment variable. auto: multi_worker if TF_CONFIG is set, "
+                  "else towers with two GPUs (or --tower_devices), else one_device.")
+    f.DEFINE_list("devices", [], "one_device: the device (default the first GPU, else the "
+                  "CPU); mirrored: the devices to replicate over (default every local GPU).")
+    f.DEFINE_list("tower_devices", [], "--strategy=towers: one device per tower, e.g. "
+                  "/GPU:0,/GPU:1. Default: the first two GPUs.")
+    f.DEFINE_float("collective_timeout_s", 600.0, "multi_worker: an all-reduce that waits "
+                   "longer than this for the other workers fails the run (0: no limit). A "
+                   "worker that dies is noticed within about 10 s regardless.")
     f.DEFINE_enum("activation", "relu", ["relu", "tanh"], "Section 3.1.")
     f.DEFINE_bool("lrn", True, "Local response normalization after conv1 and conv2 (3.3).")
     f.DEFINE_bool("overlapping_pooling", True, "3x3 pools at stride 2 (3.4), else 2x2.")
     f.DEFINE_bool("conv6", False, "The extra sixth conv layer of the ILSVRC-2012 variant.")
     f.DEFINE_float("dropout_rate", model_lib.PAPER_DROPOUT_RATE, "Dropout of fc6 and fc7.")
-    f.DEFINE_enum("dtype_policy", "float32", ["float32", "mixed_bfloat16"],
-                  "Compute precision; variables stay float32.")
+    f.DEFINE_enum("mixed_precision", "none", ["none", "bfloat16", "float16"],
+                  "Compute in float32 (none), bfloat16 or float16; variables stay float32. "
+                  "float16 uses dynamic loss scaling.")
+    f.DEFINE_float("loss_scale_initial", optim.LOSS_SCALE_INITIAL, "float16: the first loss "
+                   "scale; halved at each step whose gradients overflow (the step is skipped).")
+    f.DEFINE_integer("loss_scale_growth_steps", optim.LOSS_SCALE_GROWTH_STEPS, "float16: "
+                     "the loss scale doubles after this many finite steps in a row.")
     f.DEFINE_integer("image_size", 256, "Shorter side rescaled to this, centre square kept.")
     f.DEFINE_integer("crop_size", 224, "Training and evaluation crop side.")
     f.DEFINE_enum("lighting", input_pipeline.LIGHTING_SQRT_EIGENVALUE,
@@ -96,7 +112,11 @@ def _define_flags():
 
 def validate(values):
     """Contradictions between flags, found before any work. Returns a list of messages."""
-    errors = []
+    from alexnet_tf import distribute
+
+    errors = distribute.check_arguments(
+        values["strategy"], values["devices"], values["tower_devices"], values["towers"],
+        os.environ.get(distribute.TF_CONFIG))
     if values["dataset"] in ("image_folder", "synthetic") and not values["data_dir"]:
         errors.append(f"--dataset={values['dataset']} needs --data_dir.")
     if values["dataset"] == "imagenet2012" and not values["data_dir"]:
@@ -110,12 +130,16 @@ def validate(values):
     if not 0 <= values["val_fraction"] < 1:
         errors.append(f"--val_fraction={values['val_fraction']} must be in [0, 1).")
     for name in ("batch_size", "epochs", "eval_batch_size", "checkpoint_every_steps",
-                 "keep_checkpoints", "log_every_steps", "image_size", "crop_size"):
+                 "keep_checkpoints", "log_every_steps", "image_size", "crop_size",
+                 "loss_scale_growth_steps"):
         if values[name] < 1:
             errors.append(f"--{name}={values[name]} must be at least 1.")
-    for name in ("learning_rate", "momentum", "weight_decay", "lighting_stddev"):
+    for name in ("learning_rate", "momentum", "weight_decay", "lighting_stddev",
+                 "collective_timeout_s"):
         if values[name] < 0:
             errors.append(f"--{name}={values[name]} must not be negative.")
+    if values["loss_scale_initial"] < 1:
+        errors.append(f"--loss_scale_initial={values['loss_scale_initial']} must be at least 1.")
     if not 0 <= values["dropout_rate"] < 1:
         errors.append(f"--dropout_rate={values['dropout_rate']} must be in [0, 1).")
     try:
@@ -143,9 +167,20 @@ def config_from_flags(values):
     fields = {f.name for f in trainer.dataclasses.fields(trainer.TrainConfig)}
     kwargs = {k: v for k, v in values.items() if k in fields}
     kwargs["tower_devices"] = tuple(values["tower_devices"])
+    kwargs["devices"] = tuple(values["devices"])
     kwargs["step_boundaries"] = tuple(int(b) for b in values["step_boundaries"])
     kwargs["data_dir"] = values["data_dir"] or ""
     return trainer.TrainConfig(**kwargs)
+
+
+def _writes_model_dir(values):
+    """False for a multi-worker run's workers other than the chief."""
+    from alexnet_tf import distribute
+
+    tf_config = os.environ.get(distribute.TF_CONFIG)
+    if values["strategy"] not in (distribute.AUTO, distribute.MULTI_WORKER) or not tf_config:
+        return True
+    return distribute.is_chief_task(distribute.parse_tf_config(tf_config))
 
 
 def main(argv):
@@ -162,8 +197,9 @@ def main(argv):
     model_dir = flags.FLAGS.model_dir
     try:
         trainer.check_workdir(model_dir)
-        with open(os.path.join(model_dir, "flags.txt"), "w") as f:
-            f.write(resolved_flagfile(values))
+        if _writes_model_dir(values):
+            with open(os.path.join(model_dir, "flags.txt"), "w") as f:
+                f.write(resolved_flagfile(values))
         metrics = trainer.train_and_evaluate(config, model_dir)
     except trainer.TrainingError as e:
         sys.exit(f"error: {e}")

@@ -101,3 +101,104 @@ def test_top_k_error_by_hand():
     labels = tf.constant([1, 2, 0])
     np.testing.assert_allclose(optim.top_k_error(logits, labels, 1), 2 / 3, rtol=1e-6)
     np.testing.assert_allclose(optim.top_k_error(logits, labels, 3), 1 / 3, rtol=1e-6)
+
+
+def test_skipped_update_leaves_weights_and_velocities_as_they_were():
+    rng = np.random.default_rng(1)
+    shapes = [(3, 4), (4,)]
+    init = [rng.standard_normal(s) for s in shapes]
+    variables = [tf.Variable(w, dtype=tf.float32) for w in init]
+    sgd = optim.PaperMomentumSGD(variables)
+    step = tf.function(lambda grads, lr, apply: sgd.apply(grads, variables, lr, apply))
+
+    weights = [w.astype(np.float32).astype(np.float64) for w in init]
+    velocities = [np.zeros(s) for s in shapes]
+    decays = [0.0005, 0.0]
+    for apply in (True, False, True):
+        grads = [rng.standard_normal(s) for s in shapes]
+        if not apply:  # what an overflowing float16 step hands on
+            grads[0][0, 0] = np.inf
+            grads[1][1] = np.nan
+        before = [v.numpy() for v in variables + sgd.velocities]
+        step([tf.constant(g, tf.float32) for g in grads], tf.constant(0.01), tf.constant(apply))
+        if apply:
+            weights, velocities = numpy_paper_update(weights, velocities, grads, 0.01, decays)
+        else:
+            for variable, value in zip(variables + sgd.velocities, before):
+                np.testing.assert_array_equal(variable.numpy(), value)
+    for variable, w in zip(variables, weights):
+        np.testing.assert_allclose(variable.numpy(), w, rtol=1e-5, atol=1e-6)
+    for velocity, v in zip(sgd.velocities, velocities):
+        np.testing.assert_allclose(velocity.numpy(), v, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("in_function", [False, True])
+def test_loss_scale_halves_on_overflow_and_doubles_after_growth_steps(in_function):
+    loss_scale = optim.DynamicLossScale(initial_scale=8.0, growth_steps=3, min_scale=1.0)
+    update = tf.function(loss_scale.update) if in_function else loss_scale.update
+    finite = [True, True, True, True, False, True, False, False, False, False]
+    # By hand: the third finite step in a row doubles 8 to 16 and restarts the count;
+    # each overflow halves the scale and restarts the count; 1 is the floor.
+    scales = [8, 8, 16, 16, 8, 8, 4, 2, 1, 1]
+    counts = [1, 2, 0, 1, 0, 1, 0, 0, 0, 0]
+    for ok, scale, count in zip(finite, scales, counts):
+        update(tf.constant(ok))
+        assert float(loss_scale.scale) == scale
+        assert int(loss_scale.good_steps) == count
+
+
+def test_loss_scale_does_not_grow_past_float32():
+    loss_scale = optim.DynamicLossScale(initial_scale=2.0**127, growth_steps=1)
+    loss_scale.update(True)
+    assert float(loss_scale.scale) == 2.0**127  # 2^128 is inf in float32
+
+
+def test_loss_scale_scales_the_loss_and_unscales_gradients():
+    loss_scale = optim.DynamicLossScale(initial_scale=2.0**10)
+    assert float(loss_scale.scale_loss(tf.constant(0.5))) == 512.0
+    scaled16 = loss_scale.scale_loss(tf.constant(0.5, tf.float16))
+    assert scaled16.dtype == tf.float16 and float(scaled16) == 512.0
+    g32, g16 = loss_scale.unscale([tf.constant([1024.0, 3.0]), tf.constant([2048.0], tf.float16)])
+    np.testing.assert_array_equal(g32.numpy(), [1.0, 3.0 / 1024])
+    assert g16.dtype == tf.float16 and float(g16[0]) == 2.0
+
+
+def test_loss_scaling_keeps_float16_gradients_that_would_flush_to_zero():
+    # d(w a b)/dw = a b = 1e-8, below float16's smallest subnormal (6e-8).
+    w = tf.Variable(1.0)
+    a = tf.constant(1e-4, tf.float16)
+    loss_scale = optim.DynamicLossScale(initial_scale=2.0**15)
+
+    def gradient(scale_loss):
+        with tf.GradientTape() as tape:
+            loss = tf.cast(w, tf.float16) * a * a
+            if scale_loss:
+                loss = loss_scale.scale_loss(loss)
+        (g,) = tape.gradient(loss, [w])
+        return loss_scale.unscale([g])[0] if scale_loss else g
+
+    assert float(gradient(scale_loss=False)) == 0.0
+    np.testing.assert_allclose(float(gradient(scale_loss=True)), 1e-8, rtol=2e-3)
+
+
+def test_all_finite_by_hand():
+    assert bool(optim.all_finite([tf.constant([1.0, -2.0]), tf.constant([3.0], tf.float16)]))
+    assert not bool(optim.all_finite([tf.constant([1.0, np.inf]), tf.constant([3.0])]))
+    assert not bool(optim.all_finite([tf.constant([1.0]), tf.constant([np.nan], tf.float16)]))
+
+
+def test_loss_scale_survives_a_checkpoint(tmp_path):
+    loss_scale = optim.DynamicLossScale(initial_scale=64.0, growth_steps=5)
+    loss_scale.update(False)
+    loss_scale.update(True)
+    path = tf.train.Checkpoint(loss_scale=loss_scale).write(str(tmp_path / "ckpt"))
+    restored = optim.DynamicLossScale()
+    tf.train.Checkpoint(loss_scale=restored).read(path).assert_consumed()
+    assert float(restored.scale) == 32.0 and int(restored.good_steps) == 1
+
+
+def test_loss_scale_arguments_are_checked():
+    with pytest.raises(ValueError, match="initial_scale=0.5 must be finite and at least"):
+        optim.DynamicLossScale(initial_scale=0.5)
+    with pytest.raises(ValueError, match="growth_steps=0 must be at least 1 and factor=2.0"):
+        optim.DynamicLossScale(growth_steps=0)
