@@ -232,15 +232,16 @@ def assert_same_model(tensors, reference, rtol=1e-4, atol=2e-6):
         np.testing.assert_allclose(tensors[name], value, rtol=rtol, atol=atol, err_msg=name)
 
 
-@pytest.mark.parametrize("strategy", ["one_device", "mirrored"])
+@pytest.mark.parametrize("strategy", ["one_device", "mirrored", "towers"])
 def test_resume_mid_epoch_reaches_the_uninterrupted_weights(uninterrupted, tmp_path, strategy,
                                                              capsys):
     workdir = str(tmp_path / "model")
     shutil.copytree(uninterrupted["workdir"], workdir)
     rewind(workdir, 4)
     devices = TWO_CPUS if strategy == "mirrored" else ()
+    tower_devices = TWO_CPUS if strategy == "towers" else ()
     config = dataclasses.replace(uninterrupted["config"], strategy=strategy, devices=devices,
-                                 export=False)
+                                 tower_devices=tower_devices, export=False)
     metrics = trainer.train_and_evaluate(config, workdir)
 
     output = capsys.readouterr().out
