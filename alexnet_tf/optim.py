@@ -225,9 +225,15 @@ class StepSchedule(tf.Module):
         return changed
 
 
-def top_k_error(logits, labels, k):
-    """Fraction of examples whose label is not among the k highest scores (Section 4's
-    top-1 and top-5 error rates). `logits` may be probabilities; ties count as hits."""
+def top_k_misses(logits, labels, k):
+    """How many examples' labels are not among the k highest scores (the count behind
+    Section 4's top-1 and top-5 error rates). `logits` may be probabilities; ties count
+    as hits."""
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     hits = tf.math.in_top_k(labels, tf.cast(logits, tf.float32), k)
-    return 1.0 - tf.reduce_mean(tf.cast(hits, tf.float32))
+    return tf.reduce_sum(1.0 - tf.cast(hits, tf.float32))
+
+
+def top_k_error(logits, labels, k):
+    """Fraction of examples whose label is not among the k highest scores."""
+    return top_k_misses(logits, labels, k) / tf.cast(tf.size(labels), tf.float32)

@@ -253,12 +253,6 @@ def create_distribution(config):
         raise TrainingError(str(e)) from e
 
 
-def misses(logits, labels, k):
-    """How many examples' labels are not among the k highest scores (ties count as hits)."""
-    hits = tf.math.in_top_k(tf.cast(labels, tf.int32), tf.cast(logits, tf.float32), k)
-    return tf.reduce_sum(1.0 - tf.cast(hits, tf.float32))
-
-
 def make_train_step(model, optimizer, strategy, batch_size, loss_scale=None):
     """One step of the paper's update on a global batch of `batch_size` examples split
     between the strategy's replicas: (images, labels) are the strategy's per-replica
@@ -290,7 +284,8 @@ def make_train_step(model, optimizer, strategy, batch_size, loss_scale=None):
             loss_scale.update(applied)
         optimizer.apply(gradients, variables, learning_rate, apply_update=applied)
         totals = context.all_reduce(sum_, tf.stack([
-            loss, misses(logits, labels, 1) / batch_size, misses(logits, labels, 5) / batch_size,
+            loss, optim.top_k_misses(logits, labels, 1) / batch_size,
+            optim.top_k_misses(logits, labels, 5) / batch_size,
             stop,
         ]))
         return totals, tf.convert_to_tensor(applied)
@@ -322,7 +317,8 @@ def make_eval_step(model, strategy):
         else:
             probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
         count = tf.cast(tf.size(labels), tf.float32)
-        return misses(probabilities, labels, 1), misses(probabilities, labels, 5), count
+        return (optim.top_k_misses(probabilities, labels, 1),
+                optim.top_k_misses(probabilities, labels, 5), count)
 
     @tf.function
     def eval_step(images, labels):
