@@ -42,14 +42,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import input_pipeline, trainer  # noqa: E402
+from alexnet_tf import config as config_lib  # noqa: E402
+from alexnet_tf import model_dir, preprocessing, trainer  # noqa: E402
 
 DEFAULT_RECIPE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "small.flags"
 )
 BASELINE = "baseline"
 STATS_FILE = "dataset_stats.npz"
-METRICS_FILE = "metrics.json"
 
 # Figure 1 (Section 3.1): iterations of a four-layer CNN on CIFAR-10 to reach 25%
 # training error, about six times fewer with ReLUs than with tanh units.
@@ -89,44 +89,15 @@ ABLATIONS = (
     Ablation("one_tower", "two towers vs one tower, half the kernels", "one tower",
              {"towers": 1}, "-1.7 / -1.2 (Section 3.2)", -1.7, -1.2),
     Ablation("no_lighting", "PCA lighting on vs off", "no lighting",
-             {"lighting": input_pipeline.LIGHTING_NONE}, "over 1% top-1 (Section 4.1)", -1.0),
+             {"lighting": preprocessing.LIGHTING_NONE}, "over 1% top-1 (Section 4.1)", -1.0),
 )
 ABLATIONS_BY_NAME = {a.name: a for a in ABLATIONS}
 
 
-def _parse_value(text, default):
-    if isinstance(default, bool):
-        lowered = text.lower()
-        if lowered not in ("true", "false", "1", "0"):
-            raise ValueError(f"{text!r} is not a boolean")
-        return lowered in ("true", "1")
-    if isinstance(default, tuple):
-        items = [item for item in text.split(",") if item]
-        return tuple(type(default[0])(item) for item in items) if default else tuple(items)
-    return type(default)(text)
-
-
 def config_from_flagfile(path, **overrides):
-    """A training flagfile (`--name=value` lines, # comments) as a TrainConfig.
-
-    Only TrainConfig fields are allowed, so that a recipe cannot carry a setting
-    that would silently be dropped here."""
-    defaults = trainer.TrainConfig()
-    values = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            name, equals, text = line.removeprefix("--").partition("=")
-            if not line.startswith("--") or not equals or not hasattr(defaults, name):
-                raise ValueError(f"{path}:{number}: {line!r} is not --FIELD=VALUE of a TrainConfig.")
-            try:
-                values[name] = _parse_value(text, getattr(defaults, name))
-            except ValueError as e:
-                raise ValueError(f"{path}:{number}: --{name}: {e}") from e
-    values.update(overrides)
-    return trainer.TrainConfig(**values)
+    """A training flagfile (the training command's flags) as a TrainConfig, with
+    `overrides` applied after it."""
+    return config_lib.load_flagfile(path, **overrides)[0]
 
 
 def read_scalars(event_dir, tag):
@@ -168,30 +139,21 @@ def steps_to_reach(series, target, window_steps=DEFAULT_SMOOTHING_STEPS):
 
 
 def _read_metrics(run_dir):
-    path = os.path.join(run_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+    return model_dir.read_metrics(run_dir)
 
 
-def _finished(metrics, config):
-    return metrics is not None and metrics["epoch"] >= config.epochs
+def _finished(metrics):
+    return metrics is not None and metrics.get("finished", False)
 
 
 def train_once(config, run_dir):
     """Trains unless run_dir holds a finished run; returns its metrics.json."""
     metrics = _read_metrics(run_dir)
-    if _finished(metrics, config):
+    if _finished(metrics):
         print(f"{run_dir}: finished earlier, skipped.")
         return metrics
     trainer.train_and_evaluate(config, run_dir)
-    metrics = _read_metrics(run_dir)
-    if not _finished(metrics, config):  # stopped by SIGTERM or Ctrl-C, checkpoint saved
-        raise trainer.TrainingError(
-            f"{run_dir} stopped before its last epoch; rerun the same command to resume it."
-        )
-    return metrics
+    return _read_metrics(run_dir)
 
 
 def shared_stats_file(config, workdir):
@@ -215,7 +177,7 @@ def run_ablations(base_config, workdir, ablations=ABLATIONS):
         run_dir = os.path.join(workdir, name)
         started = time.perf_counter()
         metrics = train_once(dataclasses.replace(base_config, **overrides), run_dir)
-        print(f"{name}: top-1 error {metrics['top1_error']:.4f}, top-5 {metrics['top5_error']:.4f} "
+        print(f"{name}: top-1 error {metrics['validation']['top1_error']:.4f}, top-5 {metrics['validation']['top5_error']:.4f} "
               f"({time.perf_counter() - started:.0f} s)")
         run_dirs[name] = run_dir
     return run_dirs
@@ -269,8 +231,8 @@ def table_rows(run_dirs, ablations, target_error, smoothing_steps):
         changed = _read_metrics(run_dirs[ablation.name])
         for k, paper in ((1, ablation.paper_top1), (5, ablation.paper_top5)):
             rows.append(_error_row(
-                ablation, f"validation top-{k} error (%)", _percent(baseline[f"top{k}_error"]),
-                _percent(changed[f"top{k}_error"]), ablation.paper_text if k == 1 else "", paper,
+                ablation, f"validation top-{k} error (%)", _percent(baseline["validation"][f"top{k}_error"]),
+                _percent(changed["validation"][f"top{k}_error"]), ablation.paper_text if k == 1 else "", paper,
             ))
     return rows
 
@@ -318,7 +280,7 @@ def describe_budget(base_config, run_dirs):
     return (
         f"Budget per run: {base_config.epochs} epoch{'s' * (base_config.epochs != 1)} at batch "
         f"{base_config.batch_size} "
-        f"({baseline['step']} steps), centre-crop evaluation of {baseline['examples']} "
+        f"({baseline['step']} steps), centre-crop evaluation of {baseline['validation']['examples']} "
         f"validation images, seed {base_config.seed}; model_size={base_config.model_size}. "
         "Errors in percent; differences are the paper's choice minus the changed setting."
     )

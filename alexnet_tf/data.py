@@ -18,29 +18,39 @@ as fast.
 import dataclasses
 import os
 import re
+import shutil
 import typing
 
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
 
-from alexnet_tf import input_pipeline
+from alexnet_tf import corrupt_images, files, preprocessing
 
 IMAGENET2012 = "imagenet2012"
 IMAGE_FOLDER = "image_folder"
-DATASETS = (IMAGENET2012, IMAGE_FOLDER)
+# A tiny generated image folder, written where the data is expected if it is not there.
+SYNTHETIC = "synthetic"
+DATASETS = (IMAGENET2012, IMAGE_FOLDER, SYNTHETIC)
 
 IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
 IMAGENET_VALIDATION_TAR = "ILSVRC2012_img_val.tar"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TRAIN_FOLDER = "train"
 VALIDATION_FOLDER = "val"
+TEST_FOLDER = "test"
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
 
 
 @dataclasses.dataclass(frozen=True)
 class Source:
-    """A dataset's training and validation examples and its class names.
+    """A dataset's training, validation and (where it has one) test examples and its
+    class names.
 
-    `num_train_examples` and `num_validation_examples` count the files, including any
+    The validation split is what a run's learning-rate and model-selection decisions
+    look at; the test split is only ever reported, at the end. `num_train_examples`,
+    `num_validation_examples` and `num_test_examples` count the files, including any
     that later turn out to be corrupt (`corrupt_count()` says how many were dropped so
     far). `encoded_train` is shuffled at file level (TFDS: shard level), anew each pass,
     from the seed given to `load_source`; `train_for_epoch(epoch)` is the same stream in
@@ -54,9 +64,11 @@ class Source:
     num_validation_examples: int
     encoded_train: tf.data.Dataset
     encoded_validation: tf.data.Dataset
-    corrupt_counter: input_pipeline.CorruptImageCounter
+    corrupt_counter: corrupt_images.CorruptImageCounter
     epoch_train: typing.Callable[[int], tf.data.Dataset]
-    dct_method: str = input_pipeline.DEFAULT_DCT_METHOD
+    dct_method: str = preprocessing.DEFAULT_DCT_METHOD
+    num_test_examples: int = 0
+    encoded_test: tf.data.Dataset = None
 
     def train_for_epoch(self, epoch):
         """Encoded training examples, shuffled by (seed, epoch) only."""
@@ -69,16 +81,30 @@ class Source:
     @property
     def train(self):
         """Training examples with decoded uint8 [H, W, 3] images."""
-        return input_pipeline.decode_examples(
+        return corrupt_images.decode_examples(
             self.encoded_train, self.corrupt_counter, self.dct_method
         )
 
     @property
     def validation(self):
         """Validation examples with decoded uint8 [H, W, 3] images."""
-        return input_pipeline.decode_examples(
+        return corrupt_images.decode_examples(
             self.encoded_validation, self.corrupt_counter, self.dct_method
         )
+
+    def encoded_split(self, split):
+        """The encoded examples of "train" (in epoch 0's order), "validation" or "test"."""
+        streams = {TRAIN: lambda: self.train_for_epoch(0), VALIDATION: lambda: self.encoded_validation,
+                   TEST: lambda: self.encoded_test}
+        if split not in streams:
+            raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+        if self.split_size(split) == 0:
+            raise ValueError(f"The {split} split of {self.name} is empty.")
+        return streams[split]()
+
+    def split_size(self, split):
+        return {TRAIN: self.num_train_examples, VALIDATION: self.num_validation_examples,
+                TEST: self.num_test_examples}[split]
 
     def corrupt_count(self):
         """How many examples have been dropped so far because their image would not decode."""
@@ -86,13 +112,14 @@ class Source:
 
 
 def load_source(dataset, data_dir, manual_dir=None, val_fraction=0.0, seed=0):
-    """The `Source` for `dataset` ("imagenet2012" or "image_folder").
+    """The `Source` for `dataset` ("imagenet2012", "image_folder" or "synthetic").
 
     imagenet2012: `data_dir` is the TFDS data directory; if the dataset is not prepared
     there yet, TFDS's builder prepares it from the two ILSVRC-2012 tars in `manual_dir`.
-    image_folder: `data_dir` holds train/ and optionally val/, each with one folder of
-    JPEG or PNG files per class; without val/, `val_fraction` of each class's training
-    files (chosen by `seed`) is held out for validation.
+    image_folder: `data_dir` holds train/ and optionally val/ and test/, each with one
+    folder of JPEG or PNG files per class; without val/, `val_fraction` of each class's
+    training files (chosen by `seed`) is held out for validation.
+    synthetic: the image folder `ensure_synthetic` writes to `data_dir` if it is not there.
     """
     if dataset == IMAGENET2012:
         if val_fraction:
@@ -100,9 +127,11 @@ def load_source(dataset, data_dir, manual_dir=None, val_fraction=0.0, seed=0):
                 "val_fraction applies to image_folder; ImageNet has its own validation set."
             )
         return _load_imagenet2012(data_dir, manual_dir, seed)
-    if dataset == IMAGE_FOLDER:
+    if dataset in (IMAGE_FOLDER, SYNTHETIC):
         if manual_dir:
             raise ValueError("manual_dir applies to imagenet2012 only.")
+        if dataset == SYNTHETIC:
+            ensure_synthetic(data_dir)
         return _load_image_folder(data_dir, val_fraction, seed)
     raise ValueError(f"Unknown dataset {dataset!r}; expected one of {DATASETS}.")
 
@@ -169,7 +198,7 @@ def _load_imagenet2012(data_dir, manual_dir, seed):
         encoded_train=read("train", shuffle=True),
         epoch_train=lambda epoch: read("train", shuffle=True, shuffle_seed=_epoch_seed(seed, epoch)),
         encoded_validation=read("validation", shuffle=False),
-        corrupt_counter=input_pipeline.CorruptImageCounter(),
+        corrupt_counter=corrupt_images.CorruptImageCounter(),
     )
 
 
@@ -279,6 +308,7 @@ def _load_image_folder(data_dir, val_fraction, seed):
         raise FileNotFoundError(f"Image folder dataset directory {data_dir!r} does not exist.")
     train_dir = os.path.join(data_dir, TRAIN_FOLDER)
     validation_dir = os.path.join(data_dir, VALIDATION_FOLDER)
+    test_dir = os.path.join(data_dir, TEST_FOLDER)
     class_names = _class_folders(train_dir)
     class_index = {name: index for index, name in enumerate(class_names)}
     train = _scan_split(train_dir, class_index)
@@ -293,18 +323,102 @@ def _load_image_folder(data_dir, val_fraction, seed):
         train, validation = _hold_out(*train, val_fraction, seed)
     else:
         validation = ([], [])
+    test = _scan_split(test_dir, class_index) if tf.io.gfile.isdir(test_dir) else ([], [])
     return Source(
         name=IMAGE_FOLDER,
         class_names=class_names,
         num_train_examples=len(train[0]),
         num_validation_examples=len(validation[0]),
+        num_test_examples=len(test[0]),
         encoded_train=_file_examples(*train, data_dir, shuffle_seed=seed),
         epoch_train=lambda epoch: _file_examples(
             *train, data_dir, shuffle_seed=_epoch_seed(seed, epoch), reshuffle=False
         ),
         encoded_validation=_file_examples(*validation, data_dir),
-        corrupt_counter=input_pipeline.CorruptImageCounter(),
+        encoded_test=_file_examples(*test, data_dir),
+        corrupt_counter=corrupt_images.CorruptImageCounter(
+            explain=lambda example_id: _file_failure(data_dir, example_id)),
     )
+
+
+def _file_failure(root, example_id):
+    """Why the image file `example_id` (relative to root) does not decode."""
+    path = os.path.join(root, example_id)
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            image_bytes = f.read()
+    except (OSError, tf.errors.OpError) as e:
+        return f"cannot be read ({getattr(e, 'message', e)})"
+    if not image_bytes:
+        return "the file is empty"
+    return corrupt_images.decode_failure(image_bytes)
+
+
+# ----------------------------------------------------------------------------------
+# Generated data.
+
+
+def write_image_folder(images, labels, class_names, directory, desc=None, names=None):
+    """Writes images [N,H,W] or [N,H,W,C] uint8 as PNGs under directory/<class>/,
+    named names[i] (default: the index, six digits) plus .png."""
+    for name in class_names:
+        os.makedirs(os.path.join(directory, name), exist_ok=True)
+    for index in tqdm(range(len(images)), desc=desc or directory, unit="img", mininterval=1.0):
+        image = images[index]
+        if image.ndim == 2:
+            image = image[..., None]
+        stem = f"{index:06d}" if names is None else names[index]
+        path = os.path.join(directory, class_names[labels[index]], f"{stem}.png")
+        tf.io.write_file(path, tf.io.encode_png(image))
+
+
+def synthetic_images(num_per_class, num_classes=4, size=48, seed=0):
+    """Class k: stripes at angle k * 180 / num_classes degrees, tinted with colour k,
+    plus noise: easy to tell apart, so a few steps of training make progress."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    images, labels = [], []
+    for label in range(num_classes):
+        angle = np.pi * label / num_classes
+        colour = np.array([np.cos(2 * np.pi * label / num_classes),
+                           np.sin(2 * np.pi * label / num_classes), 0.5]) * 0.5 + 0.5
+        for _ in range(num_per_class):
+            phase = rng.uniform(0, 2 * np.pi)
+            stripes = 0.5 + 0.5 * np.sin((xs * np.cos(angle) + ys * np.sin(angle)) * 0.6 + phase)
+            image = stripes[..., None] * colour * 200 + rng.normal(0, 20, (size, size, 3))
+            images.append(np.clip(image, 0, 255).astype(np.uint8))
+            labels.append(label)
+    return np.stack(images), np.array(labels)
+
+
+def prepare_synthetic(output, num_per_class=24, val_per_class=8, num_classes=4, size=48):
+    """Writes the synthetic set: train/ and val/, num_classes class folders each."""
+    names = [f"class_{k}" for k in range(num_classes)]
+    for split, count, seed in ((TRAIN_FOLDER, num_per_class, 0), (VALIDATION_FOLDER, val_per_class, 1)):
+        images, labels = synthetic_images(count, num_classes, size, seed)
+        write_image_folder(images, labels, names, os.path.join(output, split),
+                           desc=f"synthetic {split}")
+
+
+def ensure_synthetic(output, **kwargs):
+    """Writes the synthetic set to `output` unless it is already there.
+
+    The workers of a multi-worker run may all call this at once: each writes a copy
+    beside `output` and renames its splits into place, train/ last since its presence
+    means the set is complete; a rename that finds the split there already gives way.
+    """
+    if os.path.isdir(os.path.join(output, TRAIN_FOLDER)):
+        return output
+    staging = files.staging_path(output)
+    prepare_synthetic(staging, **kwargs)
+    os.makedirs(output, exist_ok=True)
+    for split in (VALIDATION_FOLDER, TRAIN_FOLDER):
+        try:
+            os.rename(os.path.join(staging, split), os.path.join(output, split))
+        except OSError:
+            pass
+    shutil.rmtree(staging, ignore_errors=True)
+    return output
 
 
 # ----------------------------------------------------------------------------------
@@ -318,7 +432,7 @@ def _output_name(example_id):
 
 
 def write_rescaled_image_folder(
-    source, output_dir, image_size=input_pipeline.PAPER_IMAGE_SIZE, quality=95
+    source, output_dir, image_size=preprocessing.PAPER_IMAGE_SIZE, quality=95
 ):
     """Writes every image's central square, rescaled to image_size, as an image folder.
 
@@ -332,7 +446,7 @@ def write_rescaled_image_folder(
 
     def rescale(index, example):
         del index
-        image = input_pipeline.decode_crop_and_resize(
+        image = preprocessing.decode_crop_and_resize(
             example["image"], image_size, image_size, 0, 0, source.dct_method
         )
         jpeg = tf.io.encode_jpeg(tf.cast(tf.round(image), tf.uint8), quality=quality)
@@ -341,7 +455,7 @@ def write_rescaled_image_folder(
     written = {}
     splits = ((TRAIN_FOLDER, source.encoded_train), (VALIDATION_FOLDER, source.encoded_validation))
     for split, examples in splits:
-        rescaled = input_pipeline.map_skipping_corrupt(examples, rescale, source.corrupt_counter)
+        rescaled = corrupt_images.map_skipping_corrupt(examples, rescale, source.corrupt_counter)
         written[split] = 0
         for jpeg, label, example_id in rescaled.as_numpy_iterator():
             directory = os.path.join(output_dir, split, source.class_names[label])

@@ -24,7 +24,7 @@ import tensorflow as tf
 import tqdm
 from absl import app, flags
 
-from alexnet_tf import data, input_pipeline
+from alexnet_tf import corrupt_images, data, files, preprocessing
 
 STATS_FORMAT_VERSION = 1
 _ARRAYS = ("mean_image", "covariance", "eigenvalues", "eigenvectors")
@@ -80,14 +80,14 @@ def _batch_moments(images):
 
 def compute_stats(
     examples,
-    image_size=input_pipeline.PAPER_IMAGE_SIZE,
+    image_size=preprocessing.PAPER_IMAGE_SIZE,
     max_examples=None,
     seed=0,
     batch_size=32,
     shuffle_buffer=1024,
     corrupt_counter=None,
     total=None,
-    dct_method=input_pipeline.DEFAULT_DCT_METHOD,
+    dct_method=preprocessing.DEFAULT_DCT_METHOD,
     progress=True,
 ):
     """The mean image and RGB covariance of `examples`, in one pass with a progress bar.
@@ -100,22 +100,24 @@ def compute_stats(
     number of examples, if known) sizes the progress bar.
     """
     encoded = examples.element_spec["image"].dtype == tf.string
-    examples = examples.map(lambda example: {"image": example["image"]})
+    # The image, and the id that names a corrupt one in the log.
+    examples = examples.map(lambda example: {k: v for k, v in example.items()
+                                             if k in ("image", "id")})
     if max_examples is not None:
         examples = examples.shuffle(shuffle_buffer, seed=seed).take(max_examples)
         total = max_examples if total is None else min(total, max_examples)
     if encoded:
-        batches = input_pipeline.map_and_batch_skipping_corrupt(
+        batches = corrupt_images.map_and_batch_skipping_corrupt(
             examples,
-            lambda index, example: input_pipeline.decode_crop_and_resize(
+            lambda index, example: preprocessing.decode_crop_and_resize(
                 example["image"], image_size, image_size, 0, 0, dct_method
             ),
-            corrupt_counter or input_pipeline.CorruptImageCounter(),
+            corrupt_counter or corrupt_images.CorruptImageCounter(),
             batch_size,
         )
     else:
         batches = examples.map(
-            lambda example: input_pipeline.resize_shorter_and_center_crop(
+            lambda example: preprocessing.resize_shorter_and_center_crop(
                 example["image"], image_size
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -159,13 +161,7 @@ def save_stats(stats, path):
         num_examples=np.int64(stats.num_examples),
         **{name: getattr(stats, name) for name in _ARRAYS},
     )
-    directory = os.path.dirname(path)
-    if directory:
-        tf.io.gfile.makedirs(directory)
-    temporary = f"{path}.tmp"
-    with tf.io.gfile.GFile(temporary, "wb") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(temporary, path, overwrite=True)
+    files.write_bytes_atomically(path, buffer.getvalue())
 
 
 def load_stats(path):
@@ -215,7 +211,7 @@ def compute_and_save(
     data_dir,
     output,
     manual_dir=None,
-    image_size=input_pipeline.PAPER_IMAGE_SIZE,
+    image_size=preprocessing.PAPER_IMAGE_SIZE,
     max_examples=None,
     seed=0,
 ):
@@ -245,7 +241,7 @@ def _define_flags():
         ),
         "output": flags.DEFINE_string("output", None, "Where to write the statistics (.npz)."),
         "image_size": flags.DEFINE_integer(
-            "image_size", input_pipeline.PAPER_IMAGE_SIZE, "Side of the central square."
+            "image_size", preprocessing.PAPER_IMAGE_SIZE, "Side of the central square."
         ),
         "max_examples": flags.DEFINE_integer(
             "max_examples", None, "Use a random subset of this many training images."

@@ -5,65 +5,75 @@ same builder with the LRN computed by `ops.local_response_normalization_referenc
 (numerically the compiled op) and no device placement, so `tf.saved_model.load`
 and `saved_model_cli` work in a process that has never imported alexnet_tf.
 `keep_custom_op=True` keeps the compiled op instead (the loader must then load
-its library first).
+its library first). Each weight is stored once.
 
-Signatures, both with the paper's preprocessing in the graph (shorter side to
-`image_size`, centre crop, mean image subtracted, centre `crop_size` crop or the
-softmax averaged over ten crops):
-  serving_default(images: string [N])       JPEG or PNG bytes of any size.
+Signatures, one serving function (`ServingModule.predict_crops`) behind both, with the
+evaluation preprocessing that training's validation uses too
+(`preprocessing.eval_crops_from_bytes` / `_from_pixels`: the centre crop of the
+rescaled central square with the mean image subtracted, or the softmax averaged over
+ten crops):
+  serving_default(images: string [N])       JPEG, PNG, GIF, BMP or WebP bytes of any size.
   serve_images(images: uint8 [N, H, W, 3])  a batch of decoded images of one size.
 Outputs: probabilities [N, C], top5_classes int32 [N, 5], top5_probabilities
 [N, 5], top5_class_names string [N, 5], features float32 [N, 4096] (fc7).
+An element of `images` that does not decode fails the request with an
+InvalidArgumentError naming its index in the batch.
 
-    python -m alexnet_tf.export --model_dir=MODEL_DIR [--output=DIR] [--ten_crop]
+    python -m alexnet_tf.export --model_dir=MODEL_DIR [--output=DIR] [--ten_crop] [--overwrite]
+
+The output must not exist, unless it is a SavedModel this command wrote before and
+--overwrite is given; a model directory is never accepted as the output. The
+SavedModel is written beside it and renamed into place when complete, so a failure
+leaves nothing behind.
 """
 
 import json
 import os
-import shutil
 import sys
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import input_pipeline, model as model_lib
+from alexnet_tf import files, model_dir, preprocessing
+from alexnet_tf import model as model_lib
 
 TOP_K = 5
-# Beside saved_model.pb: what a reader needs to know without running the graph.
+# Beside saved_model.pb: what a reader needs to know without running the graph, and the
+# mark of a SavedModel this module wrote.
 INFO_FILE = "alexnet_tf.json"
+
+
+class ExportError(model_dir.TrainingError):
+    """An export that would overwrite what it must not; nothing was written."""
 
 
 class ServingModule(tf.Module):
     """The network, its mean image and class names, behind two serving functions."""
 
-    def __init__(self, network, mean_image, class_names, image_size, crop_size, ten_crop):
+    def __init__(self, network, mean_image, class_names, crop_size, ten_crop):
         super().__init__()
         features = model_lib.feature_model(network)
-        self.logits_and_features = keras.Model(network.inputs, [network.output, features.output])
-        # The tf.Variables behind the Keras variables, tracked directly: without them
-        # the SavedModel's restore op does not cover the variables its functions
-        # read, and TF1-style loaders (saved_model_cli run) fail.
+        # Not tracked as an attribute: the SavedModel would store the Keras variables
+        # and the tf.Variables behind them, each weight twice. The functions capture
+        # the tf.Variables, tracked once here, which TF1-style loaders (saved_model_cli
+        # run) also need.
+        object.__setattr__(self, "_logits_and_features",
+                           keras.Model(network.inputs, [network.output, features.output]))
         self.tf_variables = [v.value for v in network.weights]
         self.mean_image = tf.Variable(tf.constant(mean_image, tf.float32), trainable=False,
                                       name="mean_image")
         self.class_names = tf.Variable(tf.constant(list(class_names)), trainable=False,
                                        name="class_names")
-        self.image_size = int(image_size)
         self.crop_size = int(crop_size)
         self.ten_crop = bool(ten_crop)
 
-    def _predict(self, images):
-        """float32 [N, image_size, image_size, 3] pixels -> the output dict."""
-        centred = input_pipeline.subtract_mean(images, self.mean_image)
+    def predict_crops(self, crops):
+        """The output dict of a batch of evaluation inputs: [N, crop, crop, 3], or
+        [N, 10, crop, crop, 3] whose softmax (and fc7 feature) is averaged."""
         if self.ten_crop:
-            crops = tf.map_fn(
-                lambda image: input_pipeline.ten_crop(image, self.crop_size), centred,
-                fn_output_signature=tf.TensorSpec([10, self.crop_size, self.crop_size, 3],
-                                                  tf.float32),
-            )
             flat = tf.reshape(crops, [-1, self.crop_size, self.crop_size, 3])
-            logits, features = self.logits_and_features(flat, training=False)
+            logits, features = self._logits_and_features(flat, training=False)
             probabilities = tf.reduce_mean(
                 tf.reshape(tf.nn.softmax(tf.cast(logits, tf.float32)),
                            [-1, 10, tf.shape(logits)[-1]]), axis=1)
@@ -71,8 +81,7 @@ class ServingModule(tf.Module):
                 tf.reshape(tf.cast(features, tf.float32), [-1, 10, tf.shape(features)[-1]]),
                 axis=1)
         else:
-            crops = input_pipeline.center_crop(centred, self.crop_size)
-            logits, features = self.logits_and_features(crops, training=False)
+            logits, features = self._logits_and_features(crops, training=False)
             probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
             features = tf.cast(features, tf.float32)
         k = min(TOP_K, probabilities.shape[-1])
@@ -85,38 +94,84 @@ class ServingModule(tf.Module):
             "features": features,
         }
 
-    def _resize(self, image):
-        return input_pipeline.resize_shorter_and_center_crop(image, self.image_size)
+    def _crop_spec(self):
+        shape = [self.crop_size, self.crop_size, 3]
+        return tf.TensorSpec([10] + shape if self.ten_crop else shape, tf.float32)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
-        def decode(encoded):
-            image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-            return self._resize(image)
+        count = tf.shape(images, out_type=tf.int64)[0]
 
-        resized = tf.map_fn(
-            decode, images,
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
-        )
-        return self._predict(resized)
+        def decode(index, encoded):
+            return index, preprocessing.eval_crops_from_bytes(
+                encoded, self.mean_image, self.crop_size, ten_crop=self.ten_crop)
+
+        # tf.data, so that an element that does not decode is dropped rather than
+        # failing the batch with a message that names no element; the request then
+        # fails below, naming the missing ones.
+        decoded = (tf.data.Dataset.from_tensor_slices(images).enumerate()
+                   .map(decode).ignore_errors(log_warning=False)
+                   .batch(tf.maximum(count, 1)))
+        empty = (tf.zeros([0], tf.int64), tf.zeros([0] + self._crop_spec().shape, tf.float32))
+        indices, crops = decoded.reduce(
+            empty, lambda done, batch: (tf.concat([done[0], batch[0]], 0),
+                                        tf.concat([done[1], batch[1]], 0)))
+        missing = tf.sparse.to_dense(tf.sets.difference(tf.range(count)[None], indices[None]))[0]
+        check = tf.debugging.Assert(
+            tf.equal(tf.size(missing), 0),
+            ["images[i] is not a decodable JPEG, PNG, GIF, BMP or WebP image, for i in",
+             missing], summarize=64)
+        with tf.control_dependencies([check]):
+            crops = tf.identity(crops)
+        return self.predict_crops(crops)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serve_images(self, images):
-        resized = tf.map_fn(
-            self._resize, images,
-            fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3], tf.float32),
-        )
-        return self._predict(resized)
+        crops = tf.map_fn(
+            lambda image: preprocessing.eval_crops_from_pixels(
+                image, self.mean_image, self.crop_size, ten_crop=self.ten_crop),
+            images, fn_output_signature=self._crop_spec())
+        return self.predict_crops(crops)
+
+
+def is_export(directory):
+    """True for a SavedModel directory written by this module."""
+    return (os.path.isfile(os.path.join(directory, "saved_model.pb"))
+            and os.path.isfile(os.path.join(directory, INFO_FILE)))
+
+
+def check_output(export_dir, overwrite):
+    """Refuses an output that the export would have to delete and did not write.
+
+    Raises:
+      ExportError: for a model directory, a file, a non-empty directory that is not an
+        alexnet_tf export, or an existing export without `overwrite`.
+    """
+    if model_dir.is_model_dir(export_dir):
+        raise ExportError(f"{export_dir} is a model directory; the SavedModel goes in a "
+                          f"directory of its own (by default {model_dir.EXPORT_DIR}/ inside it).")
+    if not os.path.lexists(export_dir):
+        return
+    if not os.path.isdir(export_dir):
+        raise ExportError(f"{export_dir} exists and is not a directory; nothing was written.")
+    if not os.listdir(export_dir):
+        return
+    if not is_export(export_dir):
+        raise ExportError(f"{export_dir} is not empty and is not a SavedModel written by "
+                          "alexnet_tf.export; nothing was written. Choose another --output.")
+    if not overwrite:
+        raise ExportError(f"{export_dir} holds an earlier export; pass --overwrite to "
+                          "replace it.")
 
 
 def export_saved_model(model_config, num_classes, weights, stats, class_names, export_dir,
-                       ten_crop=False, keep_custom_op=False):
+                       ten_crop=False, keep_custom_op=False, replace=False):
     """Writes the SavedModel of a network with `weights` (from the same builder and
-    config) to export_dir, replacing what was there only once the new one is complete.
-    Returns export_dir."""
-    from alexnet_tf import trainer
-
-    network = trainer.create_model(
+    config) to export_dir. An existing export_dir is replaced only if it is an earlier
+    export of this module and `replace` is set (see `check_output`). Returns export_dir.
+    """
+    check_output(export_dir, replace)
+    network = model_dir.create_model(
         model_config, num_classes,
         tower_devices=(None,) * model_config.towers,
         dtype_policy="float32",
@@ -124,46 +179,48 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
         dropout_rate=model_config.dropout_rate,
     )
     network.set_weights([np.asarray(w, np.float32) for w in weights])
-    module = ServingModule(network, stats.mean_image, class_names, model_config.image_size,
-                           model_config.crop_size, ten_crop)
-    staging = export_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    tf.saved_model.save(
-        module, staging,
-        signatures={"serving_default": module.serve_encoded, "serve_images": module.serve_images},
-        # Serving needs no gradients, and the towers' are device-placed functions.
-        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
-    )
-    with open(os.path.join(staging, INFO_FILE), "w") as f:
-        json.dump({"num_classes": num_classes, "image_size": model_config.image_size,
-                   "crop_size": model_config.crop_size, "ten_crop": ten_crop,
-                   "standard_ops_only": not keep_custom_op}, f, indent=2)
-    if os.path.exists(export_dir):
-        shutil.rmtree(export_dir)
-    os.replace(staging, export_dir)
+    module = ServingModule(network, stats.mean_image, class_names, model_config.crop_size,
+                           ten_crop)
+    with files.staged_directory(export_dir, lambda path: check_output(path, replace)) as staging:
+        tf.saved_model.save(
+            module, staging,
+            signatures={"serving_default": module.serve_encoded,
+                        "serve_images": module.serve_images},
+            # Serving needs no gradients, and the towers' are device-placed functions.
+            options=tf.saved_model.SaveOptions(experimental_custom_gradients=False),
+        )
+        with open(os.path.join(staging, INFO_FILE), "w") as f:
+            json.dump({"num_classes": num_classes, "image_size": model_config.image_size,
+                       "crop_size": model_config.crop_size, "ten_crop": ten_crop,
+                       "standard_ops_only": not keep_custom_op}, f, indent=2)
     return export_dir
 
 
-def export_from_model_dir(model_dir, output=None, ten_crop=False, keep_custom_op=False):
-    """Exports the latest checkpoint of a training run's model directory."""
-    from alexnet_tf import inference, trainer
-
-    config, network, class_names, stats, _ = inference.restore_model_dir(model_dir)
-    return export_saved_model(config, len(class_names), network.get_weights(), stats,
-                              class_names, output or os.path.join(model_dir, trainer.EXPORT_DIR),
-                              ten_crop=ten_crop, keep_custom_op=keep_custom_op)
+def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=False,
+                          overwrite=False):
+    """Exports the newest intact checkpoint of a training run's model directory."""
+    export_dir = output or os.path.join(workdir, model_dir.EXPORT_DIR)
+    if os.path.abspath(export_dir) == os.path.abspath(workdir):
+        raise ExportError(f"--output={output} is the model directory itself; the SavedModel "
+                          "goes in a directory of its own.")
+    check_output(export_dir, overwrite)
+    restored = model_dir.restore(workdir)
+    return export_saved_model(restored.config, len(restored.class_names),
+                              restored.network.get_weights(), restored.stats,
+                              restored.class_names, export_dir, ten_crop=ten_crop,
+                              keep_custom_op=keep_custom_op, replace=overwrite)
 
 
 def main(argv):
     from absl import flags
 
-    from alexnet_tf import trainer
-
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
     f = flags.FLAGS
     try:
-        path = export_from_model_dir(f.model_dir, f.output, f.ten_crop, f.keep_custom_op)
-    except (trainer.TrainingError, OSError) as e:
+        path = export_from_model_dir(f.model_dir, f.output, f.ten_crop, f.keep_custom_op,
+                                     f.overwrite)
+    except (model_dir.TrainingError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"Exported {f.model_dir} to {path}")
 
@@ -172,8 +229,10 @@ if __name__ == "__main__":
     from absl import app, flags
 
     flags.DEFINE_string("model_dir", None, "A training run's model directory.", required=True)
-    flags.DEFINE_string("output", None, "Where to write the SavedModel (default MODEL_DIR/export).")
+    flags.DEFINE_string("output", None, "Where to write the SavedModel (default MODEL_DIR/export); "
+                        "must not exist, or be an earlier export with --overwrite.")
     flags.DEFINE_bool("ten_crop", False, "Average the softmax over ten crops.")
     flags.DEFINE_bool("keep_custom_op", False,
                       "Keep the compiled LRN op (loaders must load alexnet_tf's library).")
+    flags.DEFINE_bool("overwrite", False, "Replace an earlier export of this command at --output.")
     app.run(main)

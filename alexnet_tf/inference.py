@@ -4,8 +4,9 @@
 dataset_stats.npz, checkpoints/) or a SavedModel written by `alexnet_tf.export`, and
 gives a `LoadedModel` whose `predict(encoded)` returns the softmax and the fc7 features
 of a batch of encoded images. Both kinds run the one serving function
-(`export.ServingModule`: decode, central square rescaled, mean image subtracted, centre
-crop or ten crops), so they give the same numbers: a model directory in this process,
+(`export.ServingModule`, with the evaluation preprocessing training's validation uses
+too: decode, central square rescaled, mean image subtracted, centre crop or ten crops),
+so they give the same numbers: a model directory in this process,
 with either crop mode; a SavedModel through its `serving_default` signature, with the
 crop mode it was exported with.
 
@@ -21,15 +22,17 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import data, dataset_stats, export, input_pipeline, trainer
+from alexnet_tf import config as config_lib
+from alexnet_tf import corrupt_images, data, export, model_dir, preprocessing
+from alexnet_tf import model as model_lib
 
 CENTER = "center"
 TEN_CROP = "ten_crop"
 CROP_MODES = (CENTER, TEN_CROP)
-SPLITS = ("train", "validation")
+SPLITS = data.SPLITS
 
 
-class InferenceError(trainer.TrainingError):
+class InferenceError(model_dir.TrainingError):
     """A model, image, index or dataset the tools cannot use; the message names it.
 
     A TrainingError, so that callers that catch the package's user errors catch it too.
@@ -38,7 +41,7 @@ class InferenceError(trainer.TrainingError):
 
 # What the commands report as a one-line error rather than a traceback: bad models,
 # data, images or indexes, and files that cannot be read or written.
-USER_ERRORS = (trainer.TrainingError, OSError)
+USER_ERRORS = (model_dir.TrainingError, OSError)
 
 
 @dataclasses.dataclass
@@ -80,43 +83,18 @@ class LoadedModel:
         return {key: outputs[key].numpy() for key in ("probabilities", "features")}
 
 
-def restore_model_dir(model_dir):
-    """(config, float32 network with the latest checkpoint's weights, class names,
-    dataset statistics, checkpoint path) of a training run's model directory."""
-    config = trainer.load_config(model_dir)
-    checkpoint_dir = os.path.join(model_dir, trainer.CHECKPOINT_DIR)
-    latest = tf.train.latest_checkpoint(checkpoint_dir)
-    if latest is None:
-        raise InferenceError(f"No checkpoint in {checkpoint_dir}: train the model first.")
-    with open(os.path.join(model_dir, trainer.CLASSES_FILE)) as f:
-        class_names = json.load(f)
-    network = trainer.create_model(config, len(class_names), tower_devices=(None,) * config.towers,
-                                   dtype_policy="float32")
-    try:
-        tf.train.Checkpoint(model=network).read(latest).expect_partial()
-    except (ValueError, tf.errors.OpError) as e:
-        raise InferenceError(
-            f"{latest} does not fit the network of {model_dir}'s config.json and "
-            f"classes.json ({len(class_names)} classes): {e}") from e
-    stats_path = config.stats_file or os.path.join(model_dir, trainer.STATS_FILE)
-    try:
-        stats = dataset_stats.load_stats(stats_path)
-    except (OSError, ValueError) as e:
-        raise InferenceError(str(e)) from e
-    return config, network, class_names, stats, latest
-
-
-def _load_model_dir(model_dir):
-    config, network, class_names, stats, latest = restore_model_dir(model_dir)
+def _load_model_dir(workdir):
+    restored = model_dir.restore(workdir)
     modules = {
-        mode: export.ServingModule(network, stats.mean_image, class_names, config.image_size,
-                                   config.crop_size, ten_crop=mode == TEN_CROP)
+        mode: export.ServingModule(restored.network, restored.stats.mean_image,
+                                   restored.class_names, restored.config.crop_size,
+                                   ten_crop=mode == TEN_CROP)
         for mode in CROP_MODES
     }
-    kernels = [w.numpy() for w in network.get_layer("conv1").trainable_weights if len(w.shape) == 4]
-    return LoadedModel(model_dir, class_names,
+    return LoadedModel(workdir, restored.class_names,
                        {mode: module.serve_encoded for mode, module in modules.items()},
-                       kernels, latest, config, owner=modules)
+                       model_lib.conv1_kernels(restored.network), restored.checkpoint,
+                       restored.config, owner=modules)
 
 
 def _load_saved_model(export_dir):
@@ -143,9 +121,9 @@ def load_model(path):
         raise InferenceError(f"{path} does not exist.")
     if os.path.exists(os.path.join(path, "saved_model.pb")):
         return _load_saved_model(path)
-    if os.path.exists(os.path.join(path, trainer.CONFIG_FILE)):
+    if os.path.exists(os.path.join(path, model_dir.CONFIG_FILE)):
         return _load_model_dir(path)
-    raise InferenceError(f"{path} is neither a model directory (no {trainer.CONFIG_FILE}) nor "
+    raise InferenceError(f"{path} is neither a model directory (no {model_dir.CONFIG_FILE}) nor "
                          "a SavedModel (no saved_model.pb).")
 
 
@@ -173,29 +151,35 @@ def load_data_source(models=(), dataset=None, data_dir=None, manual_dir=None):
     if config is None and not (dataset and data_dir):
         raise InferenceError("--dataset and --data_dir are needed (no model directory to "
                              "take them from).")
-    base = config or trainer.TrainConfig()
+    base = config or config_lib.TrainConfig()
     config = dataclasses.replace(base, dataset=dataset or base.dataset,
                                  data_dir=data_dir or base.data_dir,
                                  manual_dir=manual_dir or base.manual_dir)
-    return trainer.load_source(config), config
+    try:
+        source = data.load_source(config.dataset, config.data_dir,
+                                  manual_dir=config.manual_dir or None,
+                                  val_fraction=config.val_fraction, seed=config.seed)
+    except (FileNotFoundError, ValueError) as e:
+        raise InferenceError(str(e)) from e
+    return source, config
 
 
 def split_examples(source, split):
-    """The split's encoded examples in an order fixed by the source's seed."""
-    if split not in SPLITS:
-        raise InferenceError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    return source.train_for_epoch(0) if split == "train" else source.encoded_validation
+    """The split's encoded examples, the training split in an order fixed by the
+    source's seed."""
+    try:
+        return source.encoded_split(split)
+    except ValueError as e:
+        raise InferenceError(str(e)) from e
 
 
 def split_size(source, split):
-    return source.num_train_examples if split == "train" else source.num_validation_examples
+    return source.split_size(split)
 
 
 def split_batches(source, split, batch_size, max_examples=None):
     """NumPy (encoded images, labels, ids) batches of a split, undecodable images dropped
     and counted in `source.corrupt_counter`."""
-    if split_size(source, split) == 0:
-        raise InferenceError(f"The {split} split of {source.name} is empty.")
     examples = split_examples(source, split)
     if max_examples:
         examples = examples.take(max_examples)
@@ -204,10 +188,10 @@ def split_batches(source, split, batch_size, max_examples=None):
         del index
         # The image's shape comes out so that the decode cannot be pruned: the serving
         # function decodes again, and one bad image would fail its whole batch.
-        shape = tf.shape(input_pipeline.decode_image(example["image"]))
+        shape = tf.shape(preprocessing.decode_image(example["image"]))
         return example["image"], example["label"], example["id"], shape
 
-    batches = input_pipeline.map_and_batch_skipping_corrupt(
+    batches = corrupt_images.map_and_batch_skipping_corrupt(
         examples, checked, source.corrupt_counter, batch_size)
     for encoded, labels, ids, _ in batches.as_numpy_iterator():
         yield encoded, labels, ids
@@ -220,7 +204,7 @@ def read_image_file(path):
     with open(path, "rb") as f:
         encoded = f.read()
     try:
-        input_pipeline.decode_image(encoded)
+        preprocessing.decode_image(encoded)
     except tf.errors.OpError as e:
         raise InferenceError(f"Image {path} cannot be decoded: {e.message}") from e
     return encoded
@@ -228,8 +212,8 @@ def read_image_file(path):
 
 def thumbnail(encoded, size):
     """uint8 [size, size, 3]: an image's central square, as the network sees it, rescaled."""
-    image = input_pipeline.resize_shorter_and_center_crop(
-        input_pipeline.decode_image(encoded), size)
+    image = preprocessing.resize_shorter_and_center_crop(
+        preprocessing.decode_image(encoded), size)
     return np.clip(np.round(image.numpy()), 0, 255).astype(np.uint8)
 
 
@@ -248,21 +232,21 @@ def write_png(image, path):
 def define_model_flags(flags, output_help, output_required=False, multiple=False):
     """--model_dir (repeatable with `multiple`, for an ensemble) and --output."""
     if multiple:
-        model_dir = flags.DEFINE_multi_string(
+        models = flags.DEFINE_multi_string(
             "model_dir", None, "A model directory or SavedModel; repeat it, or give a "
             "comma-separated list, for an ensemble.", required=True)
     else:
-        model_dir = flags.DEFINE_string("model_dir", None, "A training run's model directory, "
-                                        "or a SavedModel written by alexnet_tf.export.",
-                                        required=True)
+        models = flags.DEFINE_string("model_dir", None, "A training run's model directory, "
+                                     "or a SavedModel written by alexnet_tf.export.",
+                                     required=True)
     output = flags.DEFINE_string("output", None, output_help, required=output_required)
-    return {"model_dir": model_dir, "output": output}
+    return {"model_dir": models, "output": output}
 
 
 def define_dataset_flags(flags, split_default="validation"):
     return {
         "dataset": flags.DEFINE_enum(
-            "dataset", None, [data.IMAGENET2012, data.IMAGE_FOLDER, "synthetic"],
+            "dataset", None, list(data.DATASETS),
             "As for alexnet_tf.train; default: the first model directory's."),
         "data_dir": flags.DEFINE_string(
             "data_dir", None, "TFDS data directory or image folder root; default: the first "

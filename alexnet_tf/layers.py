@@ -10,8 +10,9 @@ class LocalResponseNormalization(keras.layers.Layer):
     """The paper's cross-channel LRN (Section 3.3) on NHWC inputs.
 
     Args:
-      depth_radius, bias, alpha, beta: as `alexnet_tf.ops.local_response_normalization`;
-        the defaults are the paper's k = 2, n = 5, alpha = 1e-4, beta = 0.75.
+      depth_radius, bias, alpha, beta, alpha_convention: as
+        `alexnet_tf.ops.local_response_normalization`; the defaults are the paper's
+        k = 2, n = 5, alpha = 1e-4, beta = 0.75, alpha per term as its text writes.
       use_reference: compute with standard TensorFlow ops instead of the compiled
         kernel (same numbers, slower), so that a model exported with it needs only
         TensorFlow to load.
@@ -24,6 +25,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         alpha=ops.PAPER_LRN_ALPHA,
         beta=ops.PAPER_LRN_BETA,
         use_reference=False,
+        alpha_convention=ops.LRN_PAPER_TEXT,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -32,6 +34,8 @@ class LocalResponseNormalization(keras.layers.Layer):
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.use_reference = bool(use_reference)
+        ops.alpha_per_term(self.alpha, self.depth_radius, alpha_convention)  # checks it
+        self.alpha_convention = alpha_convention
 
     def call(self, inputs):
         lrn = (
@@ -40,7 +44,8 @@ class LocalResponseNormalization(keras.layers.Layer):
             else ops.local_response_normalization
         )
         return lrn(
-            inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha, beta=self.beta
+            inputs, depth_radius=self.depth_radius, bias=self.bias, alpha=self.alpha,
+            beta=self.beta, alpha_convention=self.alpha_convention,
         )
 
     def compute_output_shape(self, input_shape):
@@ -54,5 +59,6 @@ class LocalResponseNormalization(keras.layers.Layer):
             alpha=self.alpha,
             beta=self.beta,
             use_reference=self.use_reference,
+            alpha_convention=self.alpha_convention,
         )
         return config

@@ -29,6 +29,7 @@ import keras
 import tensorflow as tf
 
 from alexnet_tf import layers as alexnet_layers
+from alexnet_tf import ops
 
 # Section 3.2: half of the kernels (or neurons) on each of two GPUs.
 PAPER_TOWERS = 2
@@ -42,13 +43,24 @@ NON_OVERLAPPING_POOL_SIZE = 2
 PAPER_DROPOUT_RATE = 0.5
 
 # Section 5: weights from N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5
-# and the fully connected hidden layers (to give the ReLUs positive inputs early),
-# 0 in the remaining layers. conv6 is not in the paper's list; it gets 1 like the
-# convolutional layers it follows.
+# and the fully connected hidden layers ("this initialization accelerates the early
+# stages of learning by providing the ReLUs with positive inputs"), 0 in the remaining
+# layers. conv6 is not in the paper's list; it gets 1 like the convolutional layers it
+# follows. The ones are for ReLU networks only (see TANH_INPUT_SCALE).
 PAPER_WEIGHT_STDDEV = 0.01
 PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7")
 
 ACTIVATIONS = ("relu", "tanh")
+
+# A tanh network is initialized for tanh, not with the ReLU net's choices: the biases
+# of 1 would hold every such unit near tanh(1), slope 0.42, and with N(0, 0.01)
+# weights the variation across images dies out layer by layer, until the logits do
+# not depend on the image at all; inputs of 0..255 less the mean would also saturate
+# conv1 (most of its units beyond 0.99). So it gets zero biases, LeCun's N(0, 1 /
+# fan-in) weights, which keep a tanh layer's output variance near its input's ("Efficient
+# BackProp", LeCun et al. 1998), and inputs divided by 64, about the standard deviation
+# of ImageNet's mean-subtracted pixels (58), as the first layer of the model.
+TANH_INPUT_SCALE = 1.0 / 64
 
 # Inputs per output neuron of each layer of the paper's net (Section 3.5): kernel
 # area x input maps, or inputs of a fully connected layer. conv6 (not in the paper)
@@ -72,7 +84,8 @@ PAPER_FAN_IN = {
 # signal 2-4 times more each than the paper's do, its logits hardly depend on the
 # image, and on Fashion-MNIST (0-255 pixels less the mean, the paper's SGD at 0.01)
 # it stays at chance for 150 steps, where "scaled" reaches 74% test accuracy.
-WEIGHT_INITS = ("paper", "scaled")
+# "lecun": N(0, 1 / fan-in), the tanh network's default (see TANH_INPUT_SCALE).
+WEIGHT_INITS = ("paper", "scaled", "lecun")
 DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 # How conv1 treats the border of the crop. A 224 crop gives the paper's 55x55 only
@@ -80,6 +93,33 @@ DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 # this (zeros beyond the edge, 3 pixels here), so it is the default. Caffe instead
 # takes a 227 crop with no padding ("valid"). The small variant keeps its input size.
 CONV1_PADDINGS = ("overhang", "valid", "same")
+
+# How many outputs a pooling layer has along a side of `size`: "floor", (size - z) //
+# s + 1, as Keras' "valid" pooling; "ceil", ceil((size - z) / s) + 1, as cuda-convnet
+# and Caffe, whose last window may hang over the edge (it sees only what is inside).
+# The two agree on every side of the paper's net (55 -> 27 -> 13 -> 6).
+POOLING_RULES = ("floor", "ceil")
+
+
+@dataclasses.dataclass(frozen=True)
+class LRNSettings:
+    """The constants of the LRN layers (Section 3.3) and how they are applied.
+
+    alpha_convention: `ops.LRN_ALPHA_CONVENTIONS`. across_towers: normalize across all
+      of a layer's channels, as Caffe's bvlc_alexnet does (its window crosses the
+      boundary between the towers' maps); by default each tower normalizes its own,
+      as the authors' two-GPU network did, each GPU holding half of the maps.
+    """
+
+    depth_radius: int = ops.PAPER_LRN_DEPTH_RADIUS
+    bias: float = ops.PAPER_LRN_BIAS
+    alpha: float = ops.PAPER_LRN_ALPHA
+    beta: float = ops.PAPER_LRN_BETA
+    alpha_convention: str = ops.LRN_PAPER_TEXT
+    across_towers: bool = False
+
+
+PAPER_LRN = LRNSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,11 +446,15 @@ def _weight_initializer(weight_init, layer_name, seed):
             distribution="untruncated_normal",
             seed=seed,
         )
+    if weight_init == "lecun":
+        return keras.initializers.VarianceScaling(
+            scale=1.0, mode="fan_in", distribution="untruncated_normal", seed=seed)
     return keras.initializers.RandomNormal(mean=0.0, stddev=PAPER_WEIGHT_STDDEV, seed=seed)
 
 
-def _bias_initializer(layer_name):
-    return keras.initializers.Constant(1.0 if layer_name in PAPER_BIAS_ONE_LAYERS else 0.0)
+def _bias_initializer(layer_name, activation):
+    ones = activation == "relu" and layer_name in PAPER_BIAS_ONE_LAYERS
+    return keras.initializers.Constant(1.0 if ones else 0.0)
 
 
 def _spatial_after(side, kernel_size, stride, padding):
@@ -466,24 +510,26 @@ def _check_split(what, count, parts):
         raise ValueError(f"{what}={count} cannot be split into {parts} towers")
 
 
-def _check_arguments(
-    num_classes, size, input_shape, towers, activation, dropout_rate, dtype_policy,
-    conv1_padding, weight_init,
-):
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _check_arguments(num_classes, size, input_shape, options):
     if not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
-    if towers not in (1, 2):
-        raise ValueError(f"towers must be 1 or 2, got {towers!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-    if not 0.0 <= dropout_rate < 1.0:
-        raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate!r}")
-    if isinstance(dtype_policy, str) and dtype_policy not in DTYPE_POLICIES:
-        raise ValueError(f"dtype_policy must be one of {DTYPE_POLICIES}, got {dtype_policy!r}")
-    if conv1_padding not in CONV1_PADDINGS:
-        raise ValueError(f"conv1_padding must be one of {CONV1_PADDINGS}, got {conv1_padding!r}")
-    if weight_init not in WEIGHT_INITS:
-        raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
+    if options.towers not in (1, 2):
+        raise ValueError(f"towers must be 1 or 2, got {options.towers!r}")
+    _check_choice("activation", options.activation, ACTIVATIONS)
+    if not 0.0 <= options.dropout_rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {options.dropout_rate!r}")
+    if isinstance(options.dtype_policy, str):
+        _check_choice("dtype_policy", options.dtype_policy, DTYPE_POLICIES)
+    _check_choice("conv1_padding", options.conv1_padding, CONV1_PADDINGS)
+    _check_choice("weight_init", options.weight_init, WEIGHT_INITS)
+    _check_choice("pooling_rule", options.pooling_rule, POOLING_RULES)
+    ops.alpha_per_term(options.lrn_settings.alpha, options.lrn_settings.depth_radius,
+                       options.lrn_settings.alpha_convention)
     if (
         len(input_shape) != 3
         or not all(isinstance(s, int) and s > 0 for s in input_shape)
@@ -498,10 +544,184 @@ def _check_arguments(
     # two-tower net (the one-tower net keeps them whole, footnote 2 of Section 3.2).
     for i, filters in enumerate(size.conv_filters[:4]):
         _check_split(f"conv{i + 1} filters", filters, 2)
-    _check_split("conv5 filters", size.conv_filters[4], towers)
-    _check_split("conv6 filters", size.conv6_filters, towers)
+    _check_split("conv5 filters", size.conv_filters[4], options.towers)
+    _check_split("conv6 filters", size.conv6_filters, options.towers)
     for i, units in enumerate(size.fc_units):
-        _check_split(f"fc{i + 6} units", units, towers)
+        _check_split(f"fc{i + 6} units", units, options.towers)
+
+
+def _pool_outputs(side, pool_size, stride, rule):
+    if side < pool_size:
+        return 0
+    if rule == "ceil":
+        return -(-(side - pool_size) // stride) + 1
+    return (side - pool_size) // stride + 1
+
+
+def _check_fits(input_shape, options, k1, s1, overhang):
+    """Raises ValueError if nothing is left of the input after pool5."""
+    side = min(s + p for s, p in zip(input_shape[:2], overhang))
+    side = _spatial_after(side, k1, s1, "same" if options.conv1_padding == "same" else "valid")
+    for _ in range(3):
+        side = _pool_outputs(side, options.pool_size, PAPER_POOL_STRIDE, options.pooling_rule)
+    if side < 1:
+        raise ValueError(
+            f"input_shape {input_shape} is too small for this net: nothing is left after "
+            f"pool5 (conv1 kernel {k1}, stride {s1}, padding {options.conv1_padding!r})"
+        )
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class CeilMaxPooling2D(keras.layers.MaxPooling2D):
+    """Max pooling with the "ceil" output rule of POOLING_RULES: the last window may hang
+    over the bottom and right edges, and takes the maximum of what is inside."""
+
+    def call(self, inputs):
+        extra = [max((_pool_outputs(side, k, s, "ceil") - 1) * s + k - side, 0)
+                 for side, k, s in zip(inputs.shape[1:3], self.pool_size, self.strides)]
+        padded = tf.pad(inputs, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]],
+                        constant_values=inputs.dtype.min)
+        return super().call(padded)
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, c = input_shape
+        k, s = self.pool_size, self.strides
+        return (n, _pool_outputs(h, k[0], s[0], "ceil"), _pool_outputs(w, k[1], s[1], "ceil"), c)
+
+
+@keras.saving.register_keras_serializable(package="alexnet_tf")
+class AcrossTowersLRN(keras.layers.Layer):
+    """LRN over the channels of all towers together, then split back into the towers'
+    parts (LRNSettings.across_towers: Caffe's norm1 and norm2). Runs where tower 0 runs."""
+
+    def __init__(self, lrn_settings, use_reference=False, **kwargs):
+        super().__init__(**kwargs)
+        settings = (lrn_settings if isinstance(lrn_settings, LRNSettings)
+                    else LRNSettings(**lrn_settings))
+        self.lrn_settings = settings
+        self.use_reference = bool(use_reference)
+        self.lrn = alexnet_layers.LocalResponseNormalization(
+            settings.depth_radius, settings.bias, settings.alpha, settings.beta,
+            use_reference=use_reference, alpha_convention=settings.alpha_convention,
+            dtype=self.dtype_policy, name=f"{self.name}_all")
+
+    def call(self, inputs):
+        sizes = [x.shape[-1] for x in inputs]
+        return tf.split(self.lrn(tf.concat(list(inputs), axis=-1)), sizes, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return [tuple(shape) for shape in input_shape]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(lrn_settings=dataclasses.asdict(self.lrn_settings),
+                      use_reference=self.use_reference)
+        return config
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """build_alexnet's arguments that shape the layers, resolved and checked."""
+
+    towers: int
+    activation: str
+    lrn: bool
+    overlapping_pooling: bool
+    conv6: bool
+    dropout_rate: float
+    dtype_policy: object
+    lrn_use_reference: bool
+    conv1_padding: str
+    weight_init: str
+    lrn_settings: LRNSettings
+    pooling_rule: str
+    seed: object
+
+    @property
+    def pool_size(self):
+        return PAPER_POOL_SIZE if self.overlapping_pooling else NON_OVERLAPPING_POOL_SIZE
+
+
+class _TowerLayers:
+    """Makes the layers of one network: each a `TowerParallel` of per-tower stacks,
+    named after Figure 2's layer ("conv1_tower0"), seeded in build order, initialized
+    as the options say, each tower's layers made on its device."""
+
+    def __init__(self, options, devices, overhang):
+        self.options = options
+        self.devices = devices
+        self.overhang = overhang
+        self.policy = keras.dtype_policies.get(options.dtype_policy)
+        self._seeds = itertools.count(options.seed or 0)
+
+    def _next_seed(self):
+        return None if self.options.seed is None else next(self._seeds)
+
+    def _weights(self, name):
+        return dict(
+            kernel_initializer=_weight_initializer(self.options.weight_init, name,
+                                                   self._next_seed()),
+            bias_initializer=_bias_initializer(name, self.options.activation),
+            dtype=self.policy,
+        )
+
+    def _towers(self, name, make, n=None, **kwargs):
+        n = n or self.options.towers
+        stacks = []
+        for k in range(n):
+            # Layers are made under their device: Dropout makes its seed variable here.
+            with _device_scope(self.devices[k]):
+                stacks.append(make(k))
+        # No autocast at this level: each tower casts its own inputs on its own device.
+        return TowerParallel(stacks, self.devices[:n], dtype=self.policy, autocast=False,
+                             name=name, **kwargs)
+
+    def conv(self, name, filters, kernel_size, strides=1, padding="same", **kwargs):
+        def make(k):
+            common = dict(strides=strides, activation=self.options.activation,
+                          name=f"{name}_tower{k}", **self._weights(name))
+            if padding == "overhang":
+                return [OverhangConv2D(filters, kernel_size, overhang=self.overhang, **common)]
+            return [keras.layers.Conv2D(filters, kernel_size, padding=padding, **common)]
+
+        return self._towers(name, make, **kwargs)
+
+    def dense(self, name, units, activation, flatten=False, float32_output=False, **kwargs):
+        def make(k):
+            stack = [keras.layers.Dense(units, activation=activation, name=f"{name}_tower{k}",
+                                        **self._weights(name))]
+            if flatten:
+                stack.insert(0, keras.layers.Flatten(dtype=self.policy,
+                                                     name=f"{name}_flatten_tower{k}"))
+            if float32_output:
+                # Logits in float32 whatever the policy: the softmax needs the range.
+                stack.append(keras.layers.Activation("linear", dtype="float32",
+                                                     name=f"{name}_float32_tower{k}"))
+            return stack
+
+        return self._towers(name, make, **kwargs)
+
+    def lrn(self, name):
+        settings = self.options.lrn_settings
+        if settings.across_towers and self.options.towers > 1:
+            return AcrossTowersLRN(settings, use_reference=self.options.lrn_use_reference,
+                                   dtype=self.policy, name=name)
+        return self._towers(name, lambda k: [alexnet_layers.LocalResponseNormalization(
+            settings.depth_radius, settings.bias, settings.alpha, settings.beta,
+            use_reference=self.options.lrn_use_reference,
+            alpha_convention=settings.alpha_convention, dtype=self.policy,
+            name=f"{name}_tower{k}")])
+
+    def pool(self, name):
+        layer = CeilMaxPooling2D if self.options.pooling_rule == "ceil" else keras.layers.MaxPooling2D
+        return self._towers(name, lambda k: [layer(
+            self.options.pool_size, PAPER_POOL_STRIDE, dtype=self.policy,
+            name=f"{name}_tower{k}")])
+
+    def dropout(self, name, **kwargs):
+        return self._towers(name, lambda k: [keras.layers.Dropout(
+            self.options.dropout_rate, seed=self._next_seed(), dtype=self.policy,
+            name=f"{name}_tower{k}")], **kwargs)
 
 
 def build_alexnet(
@@ -520,6 +740,8 @@ def build_alexnet(
     lrn_use_reference=False,
     conv1_padding=None,
     weight_init=None,
+    lrn_settings=PAPER_LRN,
+    pooling_rule="floor",
     seed=None,
     name="alexnet",
 ):
@@ -535,7 +757,8 @@ def build_alexnet(
         at full size as footnote 2 says.
       tower_devices: one device name per tower, e.g. ("/GPU:0", "/GPU:1"), or None
         per tower for no placement. Default: two GPUs if two are visible, else none.
-      activation: "relu" (Section 3.1) or "tanh" (the saturating baseline of Figure 1).
+      activation: "relu" (Section 3.1) or "tanh" (the saturating baseline of Figure 1),
+        each initialized for itself: see PAPER_BIAS_ONE_LAYERS and TANH_INPUT_SCALE.
       lrn: local response normalization after conv1 and conv2 (Section 3.3).
       overlapping_pooling: 3x3 windows at stride 2 (Section 3.4), else 2x2 at stride 2.
       conv6: the extra sixth conv layer over pool5 of the ILSVRC-2012 variant (Section 6).
@@ -548,10 +771,12 @@ def build_alexnet(
         compiled op, so that an exported model loads with TensorFlow alone.
       conv1_padding: "overhang" (cuda-convnet2: 224 -> 55), "valid" (Caffe: 227 -> 55)
         or "same"; default the size's.
-      weight_init: "paper" (N(0, 0.01), Section 5) or "scaled" (the paper's gain per
-        layer at other widths: see WEIGHT_INITS); default the size's ("paper" for the
-        paper's net, "scaled" for the small one). Biases are the paper's either way:
-        1 in conv2, conv4, conv5, fc6 and fc7, 0 elsewhere.
+      weight_init: "paper" (N(0, 0.01), Section 5), "scaled" (the paper's gain per
+        layer at other widths: see WEIGHT_INITS) or "lecun"; default "lecun" for tanh,
+        else the size's ("paper" for the paper's net, "scaled" for the small one).
+      lrn_settings: an `LRNSettings`: the constants, the alpha convention, and whether
+        the window stops at the tower boundary (default: the paper's, per tower).
+      pooling_rule: "floor" or "ceil", how many outputs a pooling layer has (POOLING_RULES).
       seed: base seed of the initializers and dropout, for reproducible builds.
       name: model name.
 
@@ -569,142 +794,56 @@ def build_alexnet(
             raise ValueError(f"size must be one of {tuple(SIZES)} or an AlexNetSize, got {size!r}")
         size = SIZES[size]
     input_shape = tuple(size.input_shape if input_shape is None else input_shape)
-    conv1_padding = size.conv1_padding if conv1_padding is None else conv1_padding
-    weight_init = size.weight_init if weight_init is None else weight_init
-    _check_arguments(
-        num_classes, size, input_shape, towers, activation, dropout_rate, dtype_policy,
-        conv1_padding, weight_init,
-    )
-    devices = resolve_tower_devices(tower_devices, towers)
-    policy = keras.dtype_policies.get(dtype_policy)
-    pool_size = PAPER_POOL_SIZE if overlapping_pooling else NON_OVERLAPPING_POOL_SIZE
-
-    k1, s1 = size.conv_kernel_sizes[0], size.conv1_stride
+    default_init = "lecun" if activation == "tanh" else size.weight_init
+    options = _Options(
+        towers, activation, lrn, overlapping_pooling, conv6, dropout_rate, dtype_policy,
+        lrn_use_reference, conv1_padding or size.conv1_padding, weight_init or default_init,
+        lrn_settings, pooling_rule, seed)
+    _check_arguments(num_classes, size, input_shape, options)
+    k, s1 = size.conv_kernel_sizes, size.conv1_stride
     overhang = (0, 0)
-    if conv1_padding == "overhang":
-        overhang = tuple(_overhang(side, k1, s1) for side in input_shape[:2])
-    side = min(s + p for s, p in zip(input_shape[:2], overhang))
-    side = _spatial_after(side, k1, s1, "same" if conv1_padding == "same" else "valid")
-    for _ in range(3):
-        side = _spatial_after(side, pool_size, PAPER_POOL_STRIDE, "valid")
-    if side < 1:
-        raise ValueError(
-            f"input_shape {input_shape} is too small for this net: nothing is left after "
-            f"pool5 (conv1 kernel {k1}, stride {s1}, padding {conv1_padding!r})"
-        )
-
-    seeds = itertools.count(seed or 0)
-
-    def next_seed():
-        return None if seed is None else next(seeds)
-
-    def conv(layer_name, filters, kernel_size, strides=1, padding="same"):
-        def make(k):
-            kwargs = dict(
-                strides=strides,
-                activation=activation,
-                kernel_initializer=_weight_initializer(weight_init, layer_name, next_seed()),
-                bias_initializer=_bias_initializer(layer_name),
-                dtype=policy,
-                name=f"{layer_name}_tower{k}",
-            )
-            if padding == "overhang":
-                return [OverhangConv2D(filters, kernel_size, overhang=overhang, **kwargs)]
-            return [keras.layers.Conv2D(filters, kernel_size, padding=padding, **kwargs)]
-
-        return make
-
-    def dense(layer_name, units, act, flatten=False, float32_output=False):
-        def make(k):
-            stack = [
-                keras.layers.Dense(
-                    units,
-                    activation=act,
-                    kernel_initializer=_weight_initializer(weight_init, layer_name, next_seed()),
-                    bias_initializer=_bias_initializer(layer_name),
-                    dtype=policy,
-                    name=f"{layer_name}_tower{k}",
-                )
-            ]
-            if flatten:
-                flat = keras.layers.Flatten(dtype=policy, name=f"{layer_name}_flatten_tower{k}")
-                stack.insert(0, flat)
-            if float32_output:
-                # Logits in float32 whatever the policy: the softmax needs the range.
-                stack.append(
-                    keras.layers.Activation(
-                        "linear", dtype="float32", name=f"{layer_name}_float32_tower{k}"
-                    )
-                )
-            return stack
-
-        return make
-
-    def lrn_layer(layer_name):
-        return lambda k: [
-            alexnet_layers.LocalResponseNormalization(
-                use_reference=lrn_use_reference, dtype=policy, name=f"{layer_name}_tower{k}"
-            )
-        ]
-
-    def pool(layer_name):
-        return lambda k: [
-            keras.layers.MaxPooling2D(
-                pool_size, PAPER_POOL_STRIDE, dtype=policy, name=f"{layer_name}_tower{k}"
-            )
-        ]
-
-    def dropout(layer_name):
-        return lambda k: [
-            keras.layers.Dropout(
-                dropout_rate, seed=next_seed(), dtype=policy, name=f"{layer_name}_tower{k}"
-            )
-        ]
-
-    def tower_layer(layer_name, make, n=towers, **kwargs):
-        stacks = []
-        for k in range(n):
-            # Layers are made under their device: Dropout makes its seed variable here.
-            with _device_scope(devices[k]):
-                stacks.append(make(k))
-        # No autocast at this level: each tower casts its own inputs on its own device.
-        return TowerParallel(
-            stacks, devices[:n], dtype=policy, autocast=False, name=layer_name, **kwargs
-        )
-
+    if options.conv1_padding == "overhang":
+        overhang = tuple(_overhang(side, k[0], s1) for side in input_shape[:2])
+    _check_fits(input_shape, options, k[0], s1, overhang)
+    layers = _TowerLayers(options, resolve_tower_devices(tower_devices, towers), overhang)
     # conv1 .. conv4 have half their kernels per tower in both nets; conv5, conv6 and
     # the fully connected layers are split only between two towers (footnote 2).
     half = [f // 2 for f in size.conv_filters[:4]]
     conv5, conv6_filters = size.conv_filters[4] // towers, size.conv6_filters // towers
     fc6, fc7 = (units // towers for units in size.fc_units)
-    k = size.conv_kernel_sizes
 
     images = keras.Input(shape=input_shape, name="images")
-    x = tower_layer(
-        "conv1", conv("conv1", half[0], k[0], s1, conv1_padding), fuse_unplaced=True
-    )(images)
+    x = images
+    if activation == "tanh":
+        x = keras.layers.Rescaling(TANH_INPUT_SCALE, name="input_scale")(x)
+    x = layers.conv("conv1", half[0], k[0], s1, options.conv1_padding, fuse_unplaced=True)(x)
     if lrn:
-        x = tower_layer("lrn1", lrn_layer("lrn1"))(x)
-    x = tower_layer("pool1", pool("pool1"))(x)
-    x = tower_layer("conv2", conv("conv2", half[1], k[1]))(x)
+        x = layers.lrn("lrn1")(x)
+    x = layers.pool("pool1")(x)
+    x = layers.conv("conv2", half[1], k[1])(x)
     if lrn:
-        x = tower_layer("lrn2", lrn_layer("lrn2"))(x)
-    x = tower_layer("pool2", pool("pool2"))(x)
-    x = tower_layer("conv3", conv("conv3", half[2], k[2]), merge_inputs=True)(x)
-    x = tower_layer("conv4", conv("conv4", half[3], k[3]))(x)
-    x = tower_layer("conv5", conv("conv5", conv5, k[4]))(x)
-    x = tower_layer("pool5", pool("pool5"))(x)
+        x = layers.lrn("lrn2")(x)
+    x = layers.pool("pool2")(x)
+    x = layers.conv("conv3", half[2], k[2], merge_inputs=True)(x)
+    x = layers.conv("conv4", half[3], k[3])(x)
+    x = layers.conv("conv5", conv5, k[4])(x)
+    x = layers.pool("pool5")(x)
     if conv6:
-        x = tower_layer("conv6", conv("conv6", conv6_filters, 3))(x)
-    x = tower_layer("fc6", dense("fc6", fc6, activation, flatten=True), merge_inputs=True)(x)
-    x = tower_layer("dropout6", dropout("dropout6"))(x)
-    x = tower_layer("fc7", dense("fc7", fc7, activation), merge_inputs=True, concat_outputs=True)(x)
+        x = layers.conv("conv6", conv6_filters, 3)(x)
+    x = layers.dense("fc6", fc6, activation, flatten=True, merge_inputs=True)(x)
+    x = layers.dropout("dropout6")(x)
+    x = layers.dense("fc7", fc7, activation, merge_inputs=True, concat_outputs=True)(x)
     # fc8 sees all 4096 fc7 neurons; it runs on tower 0's device, where fc7 is gathered.
-    x = tower_layer("dropout7", dropout("dropout7"), n=1)(x)
-    logits = tower_layer("fc8", dense("fc8", num_classes, None, float32_output=True), n=1)(x)
+    x = layers.dropout("dropout7", n=1)(x)
+    logits = layers.dense("fc8", num_classes, None, float32_output=True, n=1)(x)
     return keras.Model(images, logits, name=name)
 
 
 def feature_model(model):
     """The model from images to the 4096-d fc7 feature (Figure 4, right), sharing weights."""
     return keras.Model(model.inputs, model.get_layer("fc7").output, name=f"{model.name}_fc7")
+
+
+def conv1_kernels(model):
+    """conv1's kernels, one NumPy [k, k, 3, filters] array per tower, tower 0's first."""
+    return [w.numpy() for w in model.get_layer("conv1").trainable_weights if len(w.shape) == 4]

@@ -8,6 +8,9 @@ defaults: k = 2, n = 5 (depth_radius = 2), alpha = 1e-4, beta = 0.75. As in
 `tf.nn.local_response_normalization`, alpha is not divided by n (Caffe and
 PyTorch divide it, which makes their alpha = 1e-4 a different network).
 
+With `alpha_convention="authors_code"` alpha is divided by the window size n, as in
+the authors' code, Caffe and PyTorch (see LRN_ALPHA_CONVENTIONS).
+
 `local_response_normalization_reference` is the same formula in plain TensorFlow:
 it is the documented meaning of the op, the test oracle, and what exported
 SavedModels use so that they load without this package.
@@ -31,6 +34,16 @@ PAPER_LRN_DEPTH_RADIUS = 2  # n = 5 channels: i - 2 .. i + 2
 PAPER_LRN_BIAS = 2.0
 PAPER_LRN_ALPHA = 1e-4
 PAPER_LRN_BETA = 0.75
+
+# How alpha weighs the window's sum of squares. The paper's text writes
+# k + alpha * sum(a^2) (as does tf.nn.local_response_normalization): "paper_text",
+# the default. The authors' code, cuda-convnet, divides the configured scale by the
+# window size for cross-map normalization (its layer parser: `scale /= size`), and so
+# do Caffe and PyTorch: k + (alpha / n) * sum(a^2), "authors_code". The network the
+# paper reports was trained with the latter, an effective 2e-5 per term.
+LRN_PAPER_TEXT = "paper_text"
+LRN_AUTHORS_CODE = "authors_code"
+LRN_ALPHA_CONVENTIONS = (LRN_PAPER_TEXT, LRN_AUTHORS_CODE)
 
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -85,6 +98,17 @@ def _invalid_argument(message):
     return tf.errors.InvalidArgumentError(None, None, message)
 
 
+def alpha_per_term(alpha, depth_radius, alpha_convention=LRN_PAPER_TEXT):
+    """The factor of each squared activation in the window under a convention."""
+    if alpha_convention not in LRN_ALPHA_CONVENTIONS:
+        raise _invalid_argument(
+            f"local_response_normalization: alpha_convention must be one of "
+            f"{LRN_ALPHA_CONVENTIONS}, got {alpha_convention!r}.")
+    if alpha_convention == LRN_AUTHORS_CODE:
+        return alpha / (2 * int(depth_radius) + 1)
+    return alpha
+
+
 def _check_arguments(x, depth_radius, bias, alpha, beta):
     if x.dtype not in SUPPORTED_DTYPES:
         raise _invalid_argument(
@@ -121,13 +145,15 @@ def local_response_normalization(
     alpha=PAPER_LRN_ALPHA,
     beta=PAPER_LRN_BETA,
     name=None,
+    alpha_convention=LRN_PAPER_TEXT,
 ):
     """Cross-channel LRN of an NHWC tensor, the compiled kernel with its gradient.
 
     Same signature and meaning as `tf.nn.local_response_normalization`, with the
-    paper's constants as defaults. float16 and bfloat16 inputs are computed with
-    float32 accumulation; float64 is supported for gradient checks. As in
-    TensorFlow's op, bias, alpha and beta are float32 attributes.
+    paper's constants as defaults, and `alpha_convention` ("paper_text": alpha per
+    term; "authors_code": alpha / n per term). float16 and bfloat16 inputs are
+    computed with float32 accumulation; float64 is supported for gradient checks. As
+    in TensorFlow's op, bias, alpha and beta are float32 attributes.
 
     Raises:
       tf.errors.InvalidArgumentError: for a non-float dtype, a rank other than 4,
@@ -138,6 +164,7 @@ def local_response_normalization(
     with tf.name_scope(name or "LocalResponseNormalization"):
         x = tf.convert_to_tensor(input)
         _check_arguments(x, depth_radius, bias, alpha, beta)
+        alpha = alpha_per_term(alpha, depth_radius, alpha_convention)
         return load_library().alexnet_tf_local_response_norm(
             x, depth_radius=int(depth_radius), bias=float(bias), alpha=float(alpha), beta=float(beta)
         )
@@ -162,6 +189,7 @@ def local_response_normalization_reference(
     alpha=PAPER_LRN_ALPHA,
     beta=PAPER_LRN_BETA,
     name=None,
+    alpha_convention=LRN_PAPER_TEXT,
 ):
     """The same LRN from standard TensorFlow ops only (a windowed sum over channels).
 
@@ -172,6 +200,7 @@ def local_response_normalization_reference(
     with tf.name_scope(name or "LocalResponseNormalizationReference"):
         x = tf.convert_to_tensor(input)
         _check_arguments(x, depth_radius, bias, alpha, beta)
+        alpha = alpha_per_term(alpha, depth_radius, alpha_convention)
         compute_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         xc = tf.cast(x, compute_dtype)
         squares = tf.square(xc)
@@ -239,7 +268,7 @@ def decode_jpeg_crop_flip_and_normalize(
 
     Returns:
       float32 [size, size, 3], equal to `resize_flip_and_normalize` of
-      `input_pipeline.decode_crop_region(contents, S, size, y, x, dct_method)`.
+      `preprocessing.decode_crop_region(contents, S, size, y, x, dct_method)`.
 
     Raises:
       tf.errors.InvalidArgumentError: for bytes that are not a decodable JPEG, or
@@ -257,10 +286,10 @@ def decode_jpeg_crop_flip_and_normalize(
 def augmentation_draws(index, lighting_basis, seed, image_size, crop_size, lighting_stddev):
     """The random choices of the index-th training image of a stream seeded by seed.
 
-    One op with the values of `input_pipeline.random_crop_window(image_size,
-    image_size, crop_size, crop_seed)` and `input_pipeline.pca_lighting_rgb` on
+    One op with the values of `preprocessing.random_crop_window(image_size,
+    image_size, crop_size, crop_seed)` and `preprocessing.pca_lighting_rgb` on
     `lighting_basis`, where (crop_seed, lighting_seed) =
-    `input_pipeline.augmentation_seeds(seed, index)`; the same TensorFlow generator
+    `preprocessing.augmentation_seeds(seed, index)`; the same TensorFlow generator
     draws them.
 
     Returns:

@@ -160,11 +160,11 @@ class DynamicLossScale(tf.Module):
 class PlateauSchedule(tf.Module):
     """Divide the learning rate by 10 when the validation error stops improving.
 
-    The paper does this by hand, three times in 90 epochs. Here an epoch whose
-    validation error is not at least `min_delta` below the best so far counts
-    against `patience`; after `patience` such epochs in a row the rate is
-    multiplied by `factor`, at most `max_reductions` times. The state lives in
-    variables so that checkpoints carry it.
+    The paper does this by hand, three times in 90 epochs. Here an evaluation whose
+    validation error is not at least `min_delta` below the best so far counts against
+    `patience`; after `patience` such evaluations in a row the rate is multiplied by
+    `factor`, at most `max_reductions` times. The state lives in variables so that
+    checkpoints carry it.
     """
 
     def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, patience=3, min_delta=0.001,
@@ -178,13 +178,18 @@ class PlateauSchedule(tf.Module):
                                          name="learning_rate")
         self.best_error = tf.Variable(math.inf, trainable=False, dtype=tf.float64,
                                       name="best_error")
+        # Counts evaluations; the name is the one checkpoints have always used.
         self.epochs_without_improvement = tf.Variable(0, trainable=False,
                                                       name="epochs_without_improvement")
         self.reductions = tf.Variable(0, trainable=False, name="reductions")
 
-    def end_epoch(self, epoch, validation_error):
-        """Records an epoch's validation error; returns True if the rate was reduced."""
+    def begin_epoch(self, epoch):
+        """The plateau rule does not look at the epoch; returns False."""
         del epoch
+        return False
+
+    def record(self, validation_error):
+        """Records an evaluation's validation error; returns True if the rate was reduced."""
         if validation_error < float(self.best_error) - self.min_delta:
             self.best_error.assign(validation_error)
             self.epochs_without_improvement.assign(0)
@@ -197,6 +202,13 @@ class PlateauSchedule(tf.Module):
             self.epochs_without_improvement.assign(0)
             return True
         return False
+
+    def restart_from(self, initial_learning_rate, epoch):
+        """A new initial rate for a resumed run: the rate becomes it times the reductions
+        made so far."""
+        del epoch
+        self.learning_rate.assign(float(initial_learning_rate)
+                                  * self.factor ** int(self.reductions))
 
 
 class StepSchedule(tf.Module):
@@ -216,13 +228,21 @@ class StepSchedule(tf.Module):
         passed = sum(1 for b in self.boundaries if epoch >= b)
         return self.initial_learning_rate * self.factor**passed
 
-    def end_epoch(self, epoch, validation_error):
-        """Sets the rate for the epoch after `epoch`; returns True if it changed."""
-        del validation_error
-        new_rate = self.rate_for_epoch(epoch + 1)
+    def begin_epoch(self, epoch):
+        """Sets the rate for `epoch` (0-based); returns True if it changed."""
+        new_rate = self.rate_for_epoch(epoch)
         changed = not math.isclose(new_rate, float(self.learning_rate), rel_tol=1e-6)
         self.learning_rate.assign(new_rate)
         return changed
+
+    def record(self, validation_error):
+        """The step rule ignores the validation error; returns False."""
+        del validation_error
+        return False
+
+    def restart_from(self, initial_learning_rate, epoch):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.begin_epoch(epoch)
 
 
 def top_k_misses(logits, labels, k):

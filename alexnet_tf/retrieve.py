@@ -21,13 +21,12 @@ than memory is searched all the same. tools/bench_retrieve.py times it.
 import dataclasses
 import json
 import os
-import shutil
 import sys
 
 import numpy as np
 from tqdm import tqdm
 
-from alexnet_tf import data, inference, trainer
+from alexnet_tf import data, files, inference
 
 INDEX_INFO = "index.json"
 FEATURES = "features.npy"
@@ -117,16 +116,34 @@ def build_index(model, source, data_config, split, path, batch_size=64, max_exam
     """Writes the fc7 features of a split's images (the model's first crop mode) to the
     directory `path`, replacing it only once complete. Returns the FeatureIndex."""
     total = min(inference.split_size(source, split), max_examples or float("inf"))
-    staging = path.rstrip("/") + ".tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    with files.staged_directory(path, _check_replaceable) as staging:
+        count = _write_features(model, source, split, staging, total, batch_size, max_examples)
+        info = {"model": model.path, "model_identity": model.identity,
+                "crop_mode": model.crop_modes[0], "split": split, "count": count,
+                "corrupt": source.corrupt_count(), "class_names": list(source.class_names),
+                "data": _data_info(data_config)}
+        with open(os.path.join(staging, INDEX_INFO), "w") as f:
+            json.dump(info, f, indent=2)
+    return load_index(path)
+
+
+def _check_replaceable(path):
+    if not os.path.exists(os.path.join(path, INDEX_INFO)):
+        raise inference.InferenceError(
+            f"{path} exists and is not an index (no {INDEX_INFO}); nothing was changed. "
+            "Choose another --index.")
+
+
+def _write_features(model, source, split, directory, total, batch_size, max_examples):
+    """Writes the split's fc7 features, their squared norms, labels and ids into
+    `directory`; returns how many images were indexed."""
     features, norms, labels, ids, count = None, [], [], [], 0
     progress = tqdm(total=total, unit="img", desc=f"fc7 features of {split}", mininterval=1.0)
     for encoded, batch_labels, batch_ids in inference.split_batches(source, split, batch_size,
                                                                     max_examples):
         batch = model.predict(encoded)["features"]
         if features is None:
-            features = np.lib.format.open_memmap(os.path.join(staging, FEATURES), "w+",
+            features = np.lib.format.open_memmap(os.path.join(directory, FEATURES), "w+",
                                                  np.float32, (total, batch.shape[1]))
         features[count:count + len(batch)] = batch
         norms.append(np.einsum("ij,ij->i", batch.astype(np.float64), batch))
@@ -139,19 +156,10 @@ def build_index(model, source, data_config, split, path, batch_size=64, max_exam
         raise inference.InferenceError(f"No image of the {split} split could be decoded.")
     features.flush()
     del features
-    np.save(os.path.join(staging, SQUARED_NORMS), np.concatenate(norms))
-    np.save(os.path.join(staging, LABELS), np.concatenate(labels).astype(np.int64))
-    np.save(os.path.join(staging, IDS), np.array(ids, dtype=str))
-    info = {"model": model.path, "model_identity": model.identity,
-            "crop_mode": model.crop_modes[0], "split": split, "count": count,
-            "corrupt": source.corrupt_count(), "class_names": list(source.class_names),
-            "data": _data_info(data_config)}
-    with open(os.path.join(staging, INDEX_INFO), "w") as f:
-        json.dump(info, f, indent=2)
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(staging, path)
-    return load_index(path)
+    np.save(os.path.join(directory, SQUARED_NORMS), np.concatenate(norms))
+    np.save(os.path.join(directory, LABELS), np.concatenate(labels).astype(np.int64))
+    np.save(os.path.join(directory, IDS), np.array(ids, dtype=str))
+    return count
 
 
 def load_index(path):
@@ -191,9 +199,11 @@ def index_images(index, rows):
     directly, other sources by one pass over the split that picks them out."""
     info = index.info["data"]
     wanted = [str(i) for i in index.ids[np.asarray(rows)]]
-    if info["dataset"] in (data.IMAGE_FOLDER, "synthetic"):
+    if info["dataset"] in (data.IMAGE_FOLDER, data.SYNTHETIC):
         return [inference.read_image_file(os.path.join(info["data_dir"], i)) for i in wanted]
-    source = trainer.load_source(trainer.TrainConfig(**info))
+    source = data.load_source(info["dataset"], info["data_dir"],
+                              manual_dir=info["manual_dir"] or None,
+                              val_fraction=info["val_fraction"], seed=info["seed"])
     return pick_images(inference.split_examples(source, index.info["split"]), wanted)
 
 

@@ -1,17 +1,29 @@
 """Training and evaluation: the paper's recipe (Section 5) as a custom loop.
 
-`train_and_evaluate(config, workdir)` is the whole job: data, statistics, model,
-the paper's update, evaluation every epoch, checkpoints, TensorBoard, and a
-SavedModel at the end. Resuming is the default: run it again with the same
-workdir and it continues from the last checkpoint.
+`train_and_evaluate(config, workdir)` is the whole job, a row of named steps:
+
+    start_run             check everything, lock the model directory, load the data and
+                          its statistics, build the network and its optimizer, resume
+                          from the newest intact checkpoint
+    train_epoch           one pass over the training split, or to the end of the budget;
+                          at each evaluation point `evaluate_and_schedule` measures the
+                          validation split and lets the schedule decide the rate
+    final_report          validation and test errors, centre crop and ten crops
+    export_model          the SavedModel
+
+Resuming is the default: run it again with the same workdir and it continues from the
+newest intact checkpoint, exactly as if it had not stopped (on one device and with
+deterministic kernels, to the bit: the data order, every augmentation draw and every
+dropout mask come from the seed and the step, and the dropout generators' state is in
+the checkpoint).
 
 It runs on one device, on the paper's two towers, or data-parallel over several
 devices or machines (`distribute`); in float32, or in mixed bfloat16 or float16,
 the latter with dynamic loss scaling (`optim.DynamicLossScale`).
 """
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -21,27 +33,14 @@ import keras
 import tensorflow as tf
 from tqdm import tqdm
 
-from alexnet_tf import data, dataset_stats, distribute, export, input_pipeline
-from alexnet_tf import model as model_lib, optim, prepare_data
+from alexnet_tf import config as config_lib
+from alexnet_tf import data, dataset_stats, distribute, export, figures, input_pipeline
+from alexnet_tf import model_dir, optim
+from alexnet_tf import model as model_lib
 
-CONFIG_FILE = "config.json"
-CLASSES_FILE = "classes.json"
-STATS_FILE = "dataset_stats.npz"
-CHECKPOINT_DIR = "checkpoints"
-EXPORT_DIR = "export"
-
-# Fields of the config that change the network or what its outputs mean: a
-# model directory written with other values cannot be resumed.
-ARCHITECTURE_FIELDS = (
-    "dataset", "model_size", "image_size", "crop_size", "towers", "activation", "lrn",
-    "overlapping_pooling", "conv6",
-)
-
-# What --mixed_precision means to the model builder: variables stay float32 in every
-# policy, the layers compute in the named type.
-MIXED_PRECISION_POLICIES = {
-    "none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16",
-}
+TrainConfig = config_lib.TrainConfig
+TrainingError = model_dir.TrainingError
+Interrupted = model_dir.Interrupted
 
 # What a collective operation raises when another worker has died or stopped
 # answering (TensorFlow's coordination service reports a lost heartbeat as
@@ -52,137 +51,11 @@ WORKER_LOST_ERRORS = (
 )
 
 
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a run needs; the training command builds it from its flags."""
-
-    dataset: str = "imagenet2012"
-    data_dir: str = ""
-    manual_dir: str = ""
-    val_fraction: float = 0.0
-    # Model.
-    model_size: str = "paper"
-    towers: int = model_lib.PAPER_TOWERS
-    tower_devices: tuple = ()
-    activation: str = "relu"
-    lrn: bool = True
-    overlapping_pooling: bool = True
-    conv6: bool = False
-    dropout_rate: float = model_lib.PAPER_DROPOUT_RATE
-    # Placement and precision.
-    strategy: str = distribute.AUTO
-    devices: tuple = ()
-    collective_timeout_s: float = 600.0
-    mixed_precision: str = "none"
-    loss_scale_initial: float = optim.LOSS_SCALE_INITIAL
-    loss_scale_growth_steps: int = optim.LOSS_SCALE_GROWTH_STEPS
-    # Data and augmentation.
-    image_size: int = 256
-    crop_size: int = 224
-    lighting: str = input_pipeline.LIGHTING_SQRT_EIGENVALUE
-    lighting_stddev: float = input_pipeline.PAPER_LIGHTING_STDDEV
-    stats_file: str = ""
-    stats_examples: int = 0
-    # Learning.
-    batch_size: int = 128
-    epochs: int = 90
-    steps_per_epoch: int = 0
-    learning_rate: float = optim.PAPER_LEARNING_RATE
-    momentum: float = optim.PAPER_MOMENTUM
-    weight_decay: float = optim.PAPER_WEIGHT_DECAY
-    decay_biases: bool = False
-    schedule: str = "plateau"
-    plateau_patience: int = 3
-    plateau_min_delta: float = 0.001
-    lr_reductions: int = optim.PAPER_LR_REDUCTIONS
-    step_boundaries: tuple = (30, 60, 80)
-    # Evaluation, checkpoints, logging, export.
-    eval_ten_crop: bool = True
-    eval_batch_size: int = 128
-    eval_steps: int = 0
-    checkpoint_every_steps: int = 1000
-    keep_checkpoints: int = 3
-    log_every_steps: int = 50
-    export: bool = True
-    export_ten_crop: bool = False
-    seed: int = 0
-
-    def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot start or continue; the message says why and what to do."""
-
-
-def check_workdir(workdir):
-    """Creates the model directory and makes sure it is writable, before any work."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        # One name per process: the workers of a multi-worker run probe at once.
-        probe = os.path.join(workdir, f".write_test.{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise TrainingError(f"The model directory {workdir} is not writable: {e}") from e
-
-
-def check_compatible_config(config, workdir):
-    """Refuses a model directory written by a run with another architecture or data."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        previous = json.load(f)
-    current = dataclasses.asdict(config)
-    differing = [
-        f"{field}: {previous.get(field)!r} in the directory, {current[field]!r} now"
-        for field in ARCHITECTURE_FIELDS
-        if field in previous and previous[field] != current[field]
-    ]
-    if differing:
-        raise TrainingError(
-            f"{workdir} holds a run with another configuration ({'; '.join(differing)}). "
-            "Use a new --model_dir, or the flags of that run."
-        )
-
-
-def _write_json_atomically(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-
-
-def write_config(config, class_names, workdir):
-    _write_json_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
-    _write_json_atomically(os.path.join(workdir, CLASSES_FILE), json.dumps(list(class_names)))
-
-
-def load_config(workdir):
-    """The TrainConfig a model directory was trained with."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
-        raise TrainingError(f"{workdir} is not a model directory: {path} is missing.")
-    with open(path) as f:
-        values = json.load(f)
-    if "dtype_policy" in values and "mixed_precision" not in values:  # written before it
-        named = {policy: name for name, policy in MIXED_PRECISION_POLICIES.items()}
-        values["mixed_precision"] = named.get(values["dtype_policy"], "none")
-    known = {field.name: field for field in dataclasses.fields(TrainConfig)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in known}
-    return TrainConfig(**kwargs)
-
-
 def load_source(config):
-    """The configured data source; `synthetic` writes its tiny image folder first."""
-    dataset = config.dataset
-    if dataset == "synthetic":
-        prepare_data.ensure_synthetic(config.data_dir)
-        dataset = "image_folder"
+    """The configured data source, with user errors as TrainingError."""
     try:
         return data.load_source(
-            dataset, config.data_dir, manual_dir=config.manual_dir or None,
+            config.dataset, config.data_dir, manual_dir=config.manual_dir or None,
             val_fraction=config.val_fraction, seed=config.seed,
         )
     except (FileNotFoundError, ValueError) as e:
@@ -192,12 +65,9 @@ def load_source(config):
 def load_or_compute_stats(config, source, workdir, save=True):
     """The mean image and RGB PCA of the training split: from --stats_file, else from
     the model directory, else computed in one pass (and saved there if `save`)."""
-    path = config.stats_file or os.path.join(workdir, STATS_FILE)
+    path = config.stats_file or os.path.join(workdir, model_dir.STATS_FILE)
     if config.stats_file or os.path.exists(path):
-        try:
-            return dataset_stats.load_stats(path)
-        except (OSError, ValueError) as e:
-            raise TrainingError(f"Cannot use the dataset statistics in {path}: {e}") from e
+        return model_dir.load_stats(config, workdir)
     stats = dataset_stats.compute_stats(
         source.encoded_train,
         image_size=config.image_size,
@@ -209,25 +79,6 @@ def load_or_compute_stats(config, source, workdir, save=True):
     if save:
         dataset_stats.save_stats(stats, path)
     return stats
-
-
-def create_model(config, num_classes, **overrides):
-    """The one builder used for training, evaluation and export."""
-    kwargs = dict(
-        size=config.model_size,
-        input_shape=(config.crop_size, config.crop_size, 3),
-        towers=config.towers,
-        tower_devices=tuple(config.tower_devices) or None,
-        activation=config.activation,
-        lrn=config.lrn,
-        overlapping_pooling=config.overlapping_pooling,
-        conv6=config.conv6,
-        dropout_rate=config.dropout_rate,
-        dtype_policy=MIXED_PRECISION_POLICIES[config.mixed_precision],
-        seed=config.seed,
-    )
-    kwargs.update(overrides)
-    return model_lib.build_alexnet(num_classes, **kwargs)
 
 
 def create_schedule(config):
@@ -251,6 +102,10 @@ def create_distribution(config):
         )
     except distribute.DistributionError as e:
         raise TrainingError(str(e)) from e
+
+
+# ----------------------------------------------------------------------------------
+# The step functions.
 
 
 def make_train_step(model, optimizer, strategy, batch_size, loss_scale=None):
@@ -357,17 +212,17 @@ def train_dataset_fn(source, stats, config, epoch, steps_per_epoch, step_in_epoc
     return dataset_fn
 
 
-def make_eval_input(distribution, source, stats, config, ten_crop):
-    """The validation split (or its first eval_steps batches of about eval_batch_size
-    examples) as the strategy's per-replica values, each worker evaluating its share."""
+def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_counter):
+    """A split's examples (or its first eval_steps batches of about eval_batch_size) as
+    the strategy's per-replica values, each worker evaluating its share."""
 
     def dataset_fn(context):
         replicas = _replicas_per_pipeline(context)
         per_replica = -(-config.eval_batch_size // context.num_replicas_in_sync)
         dataset = input_pipeline.make_eval_dataset(
-            source.encoded_validation, stats, per_replica,
+            examples, stats, per_replica,
             image_size=config.image_size, crop_size=config.crop_size, ten_crop=ten_crop,
-            corrupt_counter=source.corrupt_counter, dct_method=source.dct_method,
+            corrupt_counter=corrupt_counter,
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
         )
         return dataset.take(config.eval_steps * replicas) if config.eval_steps else dataset
@@ -375,40 +230,8 @@ def make_eval_input(distribution, source, stats, config, ten_crop):
     return distribution.strategy.distribute_datasets_from_function(dataset_fn)
 
 
-def evaluate(distribution, eval_step, source, stats, config, ten_crop):
-    """Top-1 and top-5 error over the validation split (or its first eval_steps batches),
-    counted over every replica of every worker."""
-    misses_1 = misses_5 = count = 0
-    for images, labels in make_eval_input(distribution, source, stats, config, ten_crop):
-        m1, m5, n = eval_step(images, labels)
-        misses_1, misses_5, count = misses_1 + float(m1), misses_5 + float(m5), count + int(n)
-    if count == 0:
-        raise TrainingError("The validation split is empty: nothing to evaluate.")
-    return {"top1_error": misses_1 / count, "top5_error": misses_5 / count, "examples": count}
-
-
-def filter_grid(kernel, towers):
-    """conv1's kernels as one image (Figure 3): each contrast-stretched to 0..1, one row
-    of the grid per tower. kernel: [k, k, 3, filters] -> [1, H, W, 3]."""
-    k = kernel.shape[0]
-    filters = kernel.shape[-1]
-    low = tf.reduce_min(kernel, axis=[0, 1, 2], keepdims=True)
-    high = tf.reduce_max(kernel, axis=[0, 1, 2], keepdims=True)
-    stretched = (kernel - low) / tf.maximum(high - low, 1e-12)
-    tiles = tf.pad(tf.transpose(stretched, [3, 0, 1, 2]), [[0, 0], [1, 1], [1, 1], [0, 0]])
-    per_row = filters // towers
-    rows = [tf.concat(tf.unstack(tiles[t * per_row:(t + 1) * per_row]), axis=1) for t in range(towers)]
-    gap = tf.ones([4, per_row * (k + 2), 3])
-    grid = rows[0]
-    for row in rows[1:]:
-        grid = tf.concat([grid, gap, row], axis=0)
-    return grid[None]
-
-
-def conv1_kernel(model):
-    """conv1's kernels of all towers, [k, k, 3, 96], tower 0's first."""
-    kernels = [w for w in model.get_layer("conv1").trainable_weights if len(w.shape) == 4]
-    return tf.concat([tf.convert_to_tensor(k) for k in kernels], axis=-1)
+# ----------------------------------------------------------------------------------
+# The run's state.
 
 
 class _StopRequest:
@@ -435,31 +258,200 @@ class _StopRequest:
             signal.signal(sig, handler)
 
 
-def save_checkpoint(manager, step):
-    """Saves; a failure (a full disk) is an error that leaves the previous checkpoint
-    untouched: TensorFlow writes the new files first and the index that names the
-    latest checkpoint last."""
+@dataclasses.dataclass
+class Run:
+    """Everything a training run holds between its named steps.
+
+    `step` is the number of optimizer steps taken, a Python integer; the checkpointed
+    variable `step_variable` is set from it only when a checkpoint is written. The epoch
+    and the step within it follow from it and `steps_per_epoch`.
+    """
+
+    config: TrainConfig
+    workdir: str
+    distribution: distribute.Distribution
+    source: data.Source
+    stats: dataset_stats.DatasetStats
+    model: keras.Model
+    optimizer: optim.PaperMomentumSGD
+    loss_scale: optim.DynamicLossScale
+    schedule: object
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    step_variable: tf.Variable
+    step: int
+    steps_per_epoch: int
+    total_steps: int
+    train_step: object = None
+    eval_step: object = None
+    train_writer: object = None
+    validation_writer: object = None
+    stop: _StopRequest = None
+
+    @property
+    def chief(self):
+        return self.distribution.is_chief
+
+    @property
+    def epoch(self):
+        return self.step // self.steps_per_epoch
+
+    @property
+    def checkpoint_dir(self):
+        return os.path.join(self.workdir, model_dir.CHECKPOINT_DIR)
+
+
+def steps_per_epoch(config, source):
+    return config.steps_per_epoch or source.num_train_examples // config.batch_size
+
+
+def check_devices(config, distribution):
+    """Refusals that need the devices: the batch split and the compute type."""
+    compute_dtype = keras.dtype_policies.get(
+        model_dir.MIXED_PRECISION_POLICIES[config.mixed_precision]).compute_dtype
     try:
-        return manager.save(checkpoint_number=step)
+        distribute.check_batch_split(config.batch_size, distribution.num_replicas)
+        distribute.check_compute_dtype(compute_dtype, distribution.devices)
+    except distribute.DistributionError as e:
+        raise TrainingError(str(e)) from e
+
+
+def check_data(config, workdir, source):
+    """Refusals that need the data and the model directory's record, before anything is
+    written there. Returns the changeable settings that differ from the run being
+    resumed."""
+    if source.num_train_examples < config.batch_size:
+        raise TrainingError(
+            f"--batch_size={config.batch_size} is larger than the {source.num_train_examples} "
+            f"training images of {config.data_dir}: not one step could be taken. Use a "
+            f"--batch_size of at most {source.num_train_examples}.")
+    if source.num_validation_examples == 0:
+        raise TrainingError(
+            f"{config.data_dir} has no validation images: the schedule and the reported "
+            "error need them. Add a val/ folder, or hold out part of train/ with "
+            "--val_fraction.")
+    return model_dir.check_resumable(config, workdir)
+
+
+def _dropout_states(model):
+    """The seed-generator states of the network's Dropout layers: the position of each
+    layer's stream of masks, which a resumed run must continue from."""
+    layers = [inner for layer in model.layers
+              for stack in getattr(layer, "stacks", [[layer]]) for inner in stack]
+    # A Dropout layer of rate 0 has no seed generator.
+    return [layer.seed_generator.state for layer in layers
+            if isinstance(layer, keras.layers.Dropout) and hasattr(layer, "seed_generator")]
+
+
+def _build_network(config, distribution, source):
+    """The network, its optimizer and loss scale, in the strategy's scope: mirrored, one
+    copy per replica, which every replica updates alike."""
+    with distribution.strategy.scope():
+        model = model_dir.create_model(config, source.num_classes,
+                                       tower_devices=distribution.tower_devices)
+        optimizer = optim.PaperMomentumSGD(
+            model.trainable_variables, momentum=config.momentum,
+            weight_decay=config.weight_decay, decay_biases=config.decay_biases,
+        )
+        loss_scale = None
+        if config.mixed_precision == "float16":
+            loss_scale = optim.DynamicLossScale(
+                config.loss_scale_initial, growth_steps=config.loss_scale_growth_steps)
+    return model, optimizer, loss_scale
+
+
+def _restore(state, checkpoint_dir, chief):
+    """Restores the newest intact checkpoint into `state`; returns its path or None."""
+    latest = model_dir.newest_intact_checkpoint(checkpoint_dir, set_damaged_aside=chief)
+    if latest is None:
+        return None
+    # A checkpoint written before float16 (or before the dropout states were saved)
+    # lacks those objects: they start afresh.
+    saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
+    restored = {name: value for name, value in state.items()
+                if name in saved or name not in ("loss_scale", "dropout")}
+    tf.train.Checkpoint(**restored).restore(latest).assert_existing_objects_matched()
+    return latest
+
+
+def start_run(config, workdir, distribution, source, changed):
+    """The run's state: statistics, network, optimizer, schedule, restored checkpoint."""
+    chief = distribution.is_chief
+    if chief:
+        model_dir.write_run_record(config, source.class_names, workdir)
+    stats = load_or_compute_stats(config, source, workdir, save=chief)
+    model, optimizer, loss_scale = _build_network(config, distribution, source)
+    schedule = create_schedule(config)
+    step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = dict(model=model, optimizer=optimizer, schedule=schedule, step=step_variable,
+                 dropout=_dropout_states(model))
+    if loss_scale is not None:
+        state["loss_scale"] = loss_scale
+    checkpoint = tf.train.Checkpoint(**state)
+    checkpoint_dir = os.path.join(workdir, model_dir.CHECKPOINT_DIR)
+    latest = _restore(state, checkpoint_dir, chief)
+    # After the restore, which gives every replica replica 0's dropout state.
+    distribute.decorrelate_dropout(model, distribution.strategy)
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints,
+        checkpoint_name=model_dir.CHECKPOINT_NAME)
+    per_epoch = steps_per_epoch(config, source)
+    run = Run(config, workdir, distribution, source, stats, model, optimizer, loss_scale,
+              schedule, checkpoint, manager, step_variable, int(step_variable), per_epoch,
+              config.train_steps or config.epochs * per_epoch)
+    if latest:
+        print(f"Resumed from {latest}: epoch {run.epoch + 1}, step {run.step}.")
+        _apply_changes(run, changed)
+    return run
+
+
+def _apply_changes(run, changed):
+    """Logs the changeable settings that differ from the resumed run's, and applies the
+    one the checkpoint also holds: the learning rate."""
+    if not changed:
+        return
+    print("Changed since the run was last started: " + ", ".join(
+        f"--{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
+    if "learning_rate" in changed:
+        run.schedule.restart_from(run.config.learning_rate, run.epoch)
+        print(f"The learning rate is now {float(run.schedule.learning_rate):.3g}.")
+
+
+# ----------------------------------------------------------------------------------
+# Checkpoints.
+
+
+def save_checkpoint(run):
+    """Writes a checkpoint of the run at its current step (the chief's; another worker's
+    goes to its own directory and is deleted, as TensorFlow's multi-worker protocol has
+    every worker save). A failure (a full disk) is an error that leaves the previous
+    checkpoint untouched: TensorFlow writes the new files first and the index that names
+    the latest checkpoint last."""
+    run.step_variable.assign(run.step)
+    if not run.chief:
+        temp_dir = distribute.worker_temp_dir(run.workdir, run.distribution.task_id)
+        try:
+            run.checkpoint.write(os.path.join(temp_dir, model_dir.CHECKPOINT_NAME))
+        except (tf.errors.OpError, OSError) as e:
+            raise TrainingError(f"Could not write this worker's checkpoint to {temp_dir}: "
+                                f"{e}") from e
+        finally:
+            if tf.io.gfile.exists(temp_dir):
+                tf.io.gfile.rmtree(temp_dir)
+        return f"{os.path.join(run.checkpoint_dir, model_dir.CHECKPOINT_NAME)}-{run.step} " \
+               "(written by the chief)"
+    try:
+        return run.manager.save(checkpoint_number=run.step)
     except (tf.errors.OpError, OSError) as e:
         raise TrainingError(
-            f"Could not write a checkpoint to {manager.directory} ({e}). The previous "
-            f"checkpoint, {manager.latest_checkpoint}, is intact; free space and rerun "
+            f"Could not write a checkpoint to {run.manager.directory} ({e}). The previous "
+            f"checkpoint, {run.manager.latest_checkpoint}, is intact; free space and rerun "
             "the same command to resume from it."
         ) from e
 
 
-def save_worker_checkpoint(checkpoint, temp_dir):
-    """A worker other than the chief saves as TensorFlow's multi-worker guide has every
-    worker do, into a directory of its own, which it then deletes: only the chief's
-    checkpoint is kept."""
-    try:
-        checkpoint.write(os.path.join(temp_dir, "ckpt"))
-    except (tf.errors.OpError, OSError) as e:
-        raise TrainingError(f"Could not write this worker's checkpoint to {temp_dir}: {e}") from e
-    finally:
-        if tf.io.gfile.exists(temp_dir):
-            tf.io.gfile.rmtree(temp_dir)
+# ----------------------------------------------------------------------------------
+# Training.
 
 
 def _overflow_skipped(loss_scale, applied):
@@ -473,189 +465,244 @@ def _first_replica(strategy, value):
     return strategy.experimental_local_results(value)[0]
 
 
+def _is_evaluation_point(run):
+    if run.config.eval_every_steps:
+        return run.step % run.config.eval_every_steps == 0
+    return run.step % run.steps_per_epoch == 0
+
+
+class _Throughput:
+    """Images per second since the last reading."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.start, self.images = time.perf_counter(), 0
+
+    def rate(self):
+        rate = self.images / max(time.perf_counter() - self.start, 1e-9)
+        self.reset()
+        return rate
+
+
+def _log_step(run, progress, throughput, learning_rate, loss_value, top1, top5):
+    images_per_second = throughput.rate()
+    progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{float(learning_rate):.2g}",
+                         img_s=f"{images_per_second:.0f}")
+    with run.train_writer.as_default(step=run.step):
+        tf.summary.scalar("loss", loss_value)
+        tf.summary.scalar("top1_error", float(top1))
+        tf.summary.scalar("top5_error", float(top5))
+        tf.summary.scalar("learning_rate", float(learning_rate))
+        tf.summary.scalar("images_per_second", images_per_second)
+        if run.loss_scale is not None:
+            tf.summary.scalar("loss_scale", float(run.loss_scale.scale.numpy()))
+
+
+def _check_finite(run, loss_value, applied):
+    if not math.isfinite(loss_value) and not _overflow_skipped(run.loss_scale, applied):
+        raise TrainingError(
+            f"The loss became {loss_value} at step {run.step + 1} (epoch {run.epoch + 1}); "
+            f"training stopped without saving. The last good checkpoint is "
+            f"{run.manager.latest_checkpoint}. Try a lower --learning_rate.")
+
+
+def _stop(run, progress):
+    progress.close()
+    path = save_checkpoint(run)
+    who = run.stop.signal or "another worker's stop request"
+    raise Interrupted(
+        f"interrupted by {who} at step {run.step} (epoch {run.epoch + 1}); saved {path}. "
+        "The run is resumable: rerun the same command to continue from there.")
+
+
+def train_epoch(run):
+    """Steps through the current epoch from where the run is, to its end or the end of
+    the budget, evaluating at each evaluation point on the way."""
+    epoch, config = run.epoch, run.config
+    step_in_epoch = run.step - epoch * run.steps_per_epoch
+    last = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
+    strategy = run.distribution.strategy
+    dataset = strategy.distribute_datasets_from_function(train_dataset_fn(
+        run.source, run.stats, config, epoch, last, step_in_epoch))
+    progress = tqdm(total=last, initial=step_in_epoch, unit="step",
+                    desc=f"epoch {epoch + 1}/{math.ceil(run.total_steps / run.steps_per_epoch)}",
+                    dynamic_ncols=True, mininterval=1.0, disable=not run.chief)
+    throughput = _Throughput()
+    if run.schedule.begin_epoch(epoch):
+        print(f"epoch {epoch + 1}: learning rate {float(run.schedule.learning_rate):.2g}")
+    for images, labels in dataset:
+        if run.step == epoch * run.steps_per_epoch:
+            with run.train_writer.as_default(step=run.step):
+                tf.summary.image("augmented_inputs",
+                                 _visible(_first_replica(strategy, images)[:4]), max_outputs=4)
+        learning_rate = run.schedule.learning_rate
+        asked = tf.constant(1.0 if run.stop.signal else 0.0)
+        loss, top1, top5, stop_requested, applied = run.train_step(
+            images, labels, learning_rate, asked)
+        loss_value = float(loss)  # waits for the step: the one host-device sync per step
+        _check_finite(run, loss_value, applied)
+        run.step += 1
+        throughput.images += config.batch_size
+        progress.update(1)
+        if run.step % config.log_every_steps == 0 or run.step == run.total_steps:
+            _log_step(run, progress, throughput, learning_rate, loss_value, top1, top5)
+        if bool(stop_requested):
+            _stop(run, progress)
+        if run.step < run.total_steps and _is_evaluation_point(run):
+            progress.clear()
+            evaluate_and_schedule(run)
+        elif run.step % config.checkpoint_every_steps == 0:
+            save_checkpoint(run)
+    progress.close()
+
+
+# ----------------------------------------------------------------------------------
+# Evaluation.
+
+
+def evaluate(run, split, ten_crop):
+    """Top-1 and top-5 error over a split (or its first eval_steps batches), counted
+    over every replica of every worker."""
+    examples = (run.source.encoded_validation if split == data.VALIDATION
+                else run.source.encoded_test)
+    misses_1 = misses_5 = count = 0
+    for images, labels in make_eval_input(run.distribution, examples, run.stats, run.config,
+                                          ten_crop, run.source.corrupt_counter):
+        m1, m5, n = run.eval_step(images, labels)
+        misses_1, misses_5, count = misses_1 + float(m1), misses_5 + float(m5), count + int(n)
+    if count == 0:
+        raise TrainingError(f"The {split} split is empty: nothing to evaluate.")
+    return {"top1_error": misses_1 / count, "top5_error": misses_5 / count, "examples": count}
+
+
+def evaluate_split(run, split, ten_crop):
+    """The split's errors with the centre crop, and with ten crops if asked."""
+    metrics = evaluate(run, split, ten_crop=False)
+    if ten_crop:
+        ten = evaluate(run, split, ten_crop=True)
+        metrics.update({f"ten_crop_{k}": v for k, v in ten.items() if k != "examples"})
+    return metrics
+
+
+def _log_evaluation(run, metrics):
+    with run.validation_writer.as_default(step=run.step):
+        for name, value in metrics.items():
+            if name != "examples":
+                tf.summary.scalar(name, value)
+    if run.chief:
+        with run.train_writer.as_default(step=run.step):
+            grid = figures.filter_figure(model_lib.conv1_kernels(run.model), zoom=2)
+            tf.summary.image("conv1_filters", grid[None])
+            for variable in run.model.trainable_variables:
+                tf.summary.histogram(variable.path, variable)
+
+
+def evaluate_and_schedule(run):
+    """An evaluation point: the validation error (the only data the schedule sees), the
+    schedule's decision, the logs, metrics.json and a checkpoint."""
+    metrics = evaluate_split(run, data.VALIDATION, run.config.ten_crop_each_evaluation)
+    _log_evaluation(run, metrics)
+    reduced = run.schedule.record(metrics["top1_error"])
+    print(_evaluation_line(run, metrics, reduced))
+    save_checkpoint(run)
+    if run.chief:
+        model_dir.write_metrics(run.workdir, {"epoch": run.epoch, "step": run.step,
+                                              "finished": False, "validation": metrics})
+    return metrics
+
+
+def final_report(run):
+    """The finished run's errors on the validation split and, where the data has one, the
+    test split: centre crop, and ten crops unless --eval_ten_crop=false."""
+    report = {"validation": evaluate_split(run, data.VALIDATION, run.config.eval_ten_crop)}
+    _log_evaluation(run, report["validation"])
+    if run.source.num_test_examples:
+        report["test"] = evaluate_split(run, data.TEST, run.config.eval_ten_crop)
+    if run.chief:
+        model_dir.write_metrics(run.workdir, {"epoch": run.epoch, "step": run.step,
+                                              "finished": True, **report})
+    return report
+
+
+def export_model(run):
+    if not (run.config.export and run.chief):
+        return
+    path = export.export_saved_model(
+        model_config=run.config, num_classes=run.source.num_classes,
+        weights=run.model.get_weights(), stats=run.stats, class_names=run.source.class_names,
+        export_dir=os.path.join(run.workdir, model_dir.EXPORT_DIR),
+        ten_crop=run.config.export_ten_crop, replace=True,
+    )
+    print(f"Exported the SavedModel to {path}")
+
+
+# ----------------------------------------------------------------------------------
+# The whole job.
+
+
+@contextlib.contextmanager
+def _lost_workers_reported(run):
+    try:
+        yield
+    except WORKER_LOST_ERRORS as e:
+        if run.distribution.name != distribute.MULTI_WORKER:
+            raise
+        raise TrainingError(
+            f"Lost another worker at step {run.step}: {_cause(e.message)} Restart every "
+            "worker with the same command and TF_CONFIG to resume from the last checkpoint, "
+            f"{tf.train.latest_checkpoint(run.checkpoint_dir)}."
+        ) from e
+
+
+def _open_writers(run):
+    if run.chief:
+        run.train_writer = tf.summary.create_file_writer(
+            os.path.join(run.workdir, model_dir.TRAIN_LOGS))
+        run.validation_writer = tf.summary.create_file_writer(
+            os.path.join(run.workdir, model_dir.VALIDATION_LOGS))
+    else:
+        run.train_writer = run.validation_writer = tf.summary.create_noop_writer()
+
+
 def train_and_evaluate(config, workdir):
-    """Trains, evaluates each epoch, checkpoints, and exports a SavedModel. Returns the
-    last validation metrics.
+    """Trains to the budget, evaluating and letting the schedule decide at each evaluation
+    point, checkpoints, reports the final errors and exports a SavedModel. Returns the
+    final report: {"validation": {...}, "test": {...}} (test where the data has one).
+
+    Raises:
+      TrainingError: for anything that stops the run, with what to do; Interrupted
+        (a TrainingError) after SIGTERM or Ctrl-C, once a checkpoint is saved.
 
     Under multi_worker every worker runs this with the same config and a workdir they
     all see; the chief writes the checkpoints, logs, statistics and export.
     """
+    errors = config_lib.validate(config, os.environ.get(distribute.TF_CONFIG))
+    if errors:
+        raise TrainingError(" ".join(errors))
     distribution = create_distribution(config)
     print(f"Strategy: {distribution.description}")
-    strategy, chief = distribution.strategy, distribution.is_chief
-    check_workdir(workdir)
-    check_compatible_config(config, workdir)
-    compute_dtype = keras.dtype_policies.get(
-        MIXED_PRECISION_POLICIES[config.mixed_precision]).compute_dtype
-    try:
-        distribute.check_batch_split(config.batch_size, distribution.num_replicas)
-        distribute.check_compute_dtype(compute_dtype, distribution.devices)
-    except distribute.DistributionError as e:
-        raise TrainingError(str(e)) from e
+    check_devices(config, distribution)
     source = load_source(config)
-    if chief:
-        write_config(config, source.class_names, workdir)
-    stats = load_or_compute_stats(config, source, workdir, save=chief)
-
-    # In the strategy's scope the network, its velocities and the loss scale are
-    # mirrored: one copy per replica, which every replica updates alike.
-    with strategy.scope():
-        model = create_model(config, source.num_classes, tower_devices=distribution.tower_devices)
-        optimizer = optim.PaperMomentumSGD(
-            model.trainable_variables, momentum=config.momentum,
-            weight_decay=config.weight_decay, decay_biases=config.decay_biases,
-        )
-        loss_scale = None
-        if config.mixed_precision == "float16":
-            loss_scale = optim.DynamicLossScale(
-                config.loss_scale_initial, growth_steps=config.loss_scale_growth_steps)
-    distribute.decorrelate_dropout(model, strategy)
-    schedule = create_schedule(config)
-    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
-    state = dict(model=model, optimizer=optimizer, schedule=schedule, step=step, epoch=epoch_var,
-                 step_in_epoch=step_in_epoch)
-    if loss_scale is not None:
-        state["loss_scale"] = loss_scale
-    checkpoint = tf.train.Checkpoint(**state)
-    checkpoint_dir = os.path.join(workdir, CHECKPOINT_DIR)
-    manager = tf.train.CheckpointManager(
-        checkpoint, checkpoint_dir, max_to_keep=config.keep_checkpoints
-    )
-    if manager.latest_checkpoint:
-        # A float16 run resumed from a checkpoint without a loss scale starts a new one.
-        latest = manager.latest_checkpoint
-        saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
-        restored = {name: value for name, value in state.items()
-                    if name in saved or name != "loss_scale"}
-        tf.train.Checkpoint(**restored).restore(latest).assert_existing_objects_matched()
-        print(f"Resumed from {manager.latest_checkpoint}: epoch {int(epoch_var)}, "
-              f"step {int(step)}.")
-
-    def save():
-        if chief:
-            return save_checkpoint(manager, int(step))
-        temp_dir = distribute.worker_temp_dir(workdir, distribution.task_id)
-        save_worker_checkpoint(checkpoint, temp_dir)
-        return f"{os.path.join(checkpoint_dir, 'ckpt')}-{int(step)} (written by the chief)"
-
-    steps_per_epoch = config.steps_per_epoch or max(1, source.num_train_examples // config.batch_size)
-    train_step = make_train_step(model, optimizer, strategy, config.batch_size, loss_scale)
-    eval_step = make_eval_step(model, strategy)
-    if chief:
-        train_writer = tf.summary.create_file_writer(os.path.join(workdir, "train"))
-        val_writer = tf.summary.create_file_writer(os.path.join(workdir, "validation"))
-    else:
-        train_writer = val_writer = tf.summary.create_noop_writer()
-    metrics = {}
-
-    try:
-        with _StopRequest() as stop:
-            while int(epoch_var) < config.epochs:
-                epoch = int(epoch_var)
-                dataset = strategy.distribute_datasets_from_function(train_dataset_fn(
-                    source, stats, config, epoch, steps_per_epoch, int(step_in_epoch)))
-                progress = tqdm(
-                    total=steps_per_epoch, initial=int(step_in_epoch), unit="step",
-                    desc=f"epoch {epoch + 1}/{config.epochs}", dynamic_ncols=True,
-                    mininterval=1.0, disable=not chief,
-                )
-                window_start, window_images = time.perf_counter(), 0
-                for images, labels in dataset:
-                    learning_rate = schedule.learning_rate
-                    asked = tf.constant(1.0 if stop.signal else 0.0)
-                    loss, top1, top5, stop_requested, applied = train_step(
-                        images, labels, learning_rate, asked)
-                    # float() waits for the step: a host-device sync point, once per step.
-                    loss_value = float(loss)
-                    if (not math.isfinite(loss_value)
-                            and not _overflow_skipped(loss_scale, applied)):
-                        raise TrainingError(
-                            f"The loss became {loss_value} at step {int(step) + 1} (epoch "
-                            f"{epoch + 1}); training stopped without saving. The last good "
-                            f"checkpoint is {manager.latest_checkpoint}. Try a lower "
-                            "--learning_rate."
-                        )
-                    if int(step) == 0 or int(step_in_epoch) == 0:
-                        with train_writer.as_default(step=int(step)):
-                            tf.summary.image("augmented_inputs",
-                                             _visible(_first_replica(strategy, images)[:4]),
-                                             max_outputs=4)
-                    step.assign_add(1)
-                    step_in_epoch.assign_add(1)
-                    window_images += config.batch_size
-                    progress.update(1)
-                    if (int(step) % config.log_every_steps == 0
-                            or int(step_in_epoch) == steps_per_epoch):
-                        elapsed = time.perf_counter() - window_start
-                        images_per_second = window_images / max(elapsed, 1e-9)
-                        progress.set_postfix(loss=f"{loss_value:.3f}",
-                                             lr=f"{float(learning_rate):.2g}",
-                                             img_s=f"{images_per_second:.0f}")
-                        with train_writer.as_default(step=int(step)):
-                            tf.summary.scalar("loss", loss_value)
-                            tf.summary.scalar("top1_error", float(top1))
-                            tf.summary.scalar("top5_error", float(top5))
-                            tf.summary.scalar("learning_rate", float(learning_rate))
-                            tf.summary.scalar("images_per_second", images_per_second)
-                            if loss_scale is not None:
-                                tf.summary.scalar("loss_scale", float(loss_scale.scale.numpy()))
-                        window_start, window_images = time.perf_counter(), 0
-                    if int(step) % config.checkpoint_every_steps == 0:
-                        save()
-                    if bool(stop_requested):
-                        progress.close()
-                        path = save()
-                        print(f"{stop.signal or 'Another worker was asked to stop'}: saved "
-                              f"{path} at step {int(step)}; rerun the same command to resume.")
-                        return metrics
-                progress.close()
-
-                metrics = evaluate(distribution, eval_step, source, stats, config, ten_crop=False)
-                if config.eval_ten_crop:
-                    ten = evaluate(distribution, eval_step, source, stats, config, ten_crop=True)
-                    metrics.update({f"ten_crop_{k}": v for k, v in ten.items() if k != "examples"})
-                with val_writer.as_default(step=int(step)):
-                    for name, value in metrics.items():
-                        if name != "examples":
-                            tf.summary.scalar(name, value)
-                if chief:
-                    with train_writer.as_default(step=int(step)):
-                        tf.summary.image("conv1_filters",
-                                         filter_grid(conv1_kernel(model), config.towers))
-                        for variable in model.trainable_variables:
-                            tf.summary.histogram(variable.path, variable)
-                reduced = schedule.end_epoch(epoch, metrics["top1_error"])
-                print(_epoch_line(epoch, config.epochs, metrics, source.corrupt_count(), reduced,
-                                  float(schedule.learning_rate)))
-                epoch_var.assign_add(1)
-                step_in_epoch.assign(0)
-                save()
-                if chief:
-                    with open(os.path.join(workdir, "metrics.json"), "w") as f:
-                        json.dump({"epoch": int(epoch_var), "step": int(step), **metrics}, f,
-                                  indent=2)
-
-            if not metrics:  # resumed a finished run: report it
-                metrics = evaluate(distribution, eval_step, source, stats, config, ten_crop=False)
-    except WORKER_LOST_ERRORS as e:
-        if distribution.name != distribute.MULTI_WORKER:
-            raise
-        raise TrainingError(
-            f"Lost another worker at step {int(step)}: {_cause(e.message)} Restart every "
-            "worker with the same command and TF_CONFIG to resume from the last checkpoint, "
-            f"{tf.train.latest_checkpoint(checkpoint_dir)}."
-        ) from e
-
-    if config.export and chief:
-        path = export.export_saved_model(
-            model_config=config, num_classes=source.num_classes, weights=model.get_weights(),
-            stats=stats, class_names=source.class_names,
-            export_dir=os.path.join(workdir, EXPORT_DIR), ten_crop=config.export_ten_crop,
-        )
-        print(f"Exported the SavedModel to {path}")
-    return metrics
+    changed = check_data(config, workdir, source)
+    model_dir.check_writable(workdir)
+    lock = model_dir.Lock(workdir) if distribution.is_chief else contextlib.nullcontext()
+    with lock, _StopRequest() as stop:
+        run = start_run(config, workdir, distribution, source, changed)
+        run.stop = stop
+        run.train_step = make_train_step(run.model, run.optimizer, distribution.strategy,
+                                         config.batch_size, run.loss_scale)
+        run.eval_step = make_eval_step(run.model, distribution.strategy)
+        _open_writers(run)
+        with _lost_workers_reported(run):
+            while run.step < run.total_steps:
+                train_epoch(run)
+            save_checkpoint(run)
+            report = final_report(run)
+        print(_report_line(report, source.corrupt_count()))
+        export_model(run)
+    return report
 
 
 def _cause(message):
@@ -675,14 +722,29 @@ def _visible(images):
     return (images - low) / tf.maximum(high - low, 1e-6)
 
 
-def _epoch_line(epoch, epochs, metrics, corrupt, reduced, learning_rate):
-    line = (f"epoch {epoch + 1}/{epochs}: validation top-1 error {metrics['top1_error']:.4f}, "
-            f"top-5 {metrics['top5_error']:.4f}")
+def _errors_text(metrics):
+    text = f"top-1 error {metrics['top1_error']:.4f}, top-5 {metrics['top5_error']:.4f}"
     if "ten_crop_top1_error" in metrics:
-        line += (f"; ten-crop top-1 {metrics['ten_crop_top1_error']:.4f}, "
+        text += (f"; ten-crop top-1 {metrics['ten_crop_top1_error']:.4f}, "
                  f"top-5 {metrics['ten_crop_top5_error']:.4f}")
+    return text
+
+
+def _evaluation_line(run, metrics, reduced):
+    line = (f"epoch {run.epoch + (run.step % run.steps_per_epoch > 0)}, step {run.step}: "
+            f"validation {_errors_text(metrics)}")
+    corrupt = run.source.corrupt_count()
     if corrupt:
         line += f"; {corrupt} corrupt images skipped so far"
     if reduced:
-        line += f"; learning rate divided by 10, now {learning_rate:.2g}"
+        line += (f"; learning rate divided by 10, now "
+                 f"{float(run.schedule.learning_rate):.2g}")
     return line
+
+
+def _report_line(report, corrupt):
+    lines = [f"final {split}: {_errors_text(metrics)} ({metrics['examples']} images)"
+             for split, metrics in report.items()]
+    if corrupt:
+        lines.append(f"{corrupt} corrupt images were skipped")
+    return "\n".join(lines)

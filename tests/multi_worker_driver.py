@@ -41,11 +41,11 @@ def main(out_dir, steps):
 
     import tensorflow as tf
 
-    from alexnet_tf import optim, trainer
+    from alexnet_tf import model_dir, optim, trainer
 
     strategy = distribution.strategy
     with strategy.scope():
-        model = trainer.create_model(model_config(), NUM_CLASSES,
+        model = model_dir.create_model(model_config(), NUM_CLASSES,
                                      tower_devices=distribution.tower_devices)
         optimizer = optim.PaperMomentumSGD(model.trainable_variables)
     train_step = trainer.make_train_step(model, optimizer, strategy, GLOBAL_BATCH)

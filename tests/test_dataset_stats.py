@@ -11,6 +11,7 @@ import tensorflow as tf
 import ilsvrc_fixture as fx
 from alexnet_tf import dataset_stats
 from alexnet_tf import input_pipeline as ip
+from alexnet_tf import corrupt_images
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +66,7 @@ def test_stats_of_files_rescale_skip_corrupt_and_match_numpy():
     )
     files = [fx.png_bytes(image) for image in large] + [fx.GARBAGE, fx.truncated_jpeg(0)]
     examples = tf.data.Dataset.from_tensor_slices({"image": files})
-    counter = ip.CorruptImageCounter()
+    counter = corrupt_images.CorruptImageCounter()
     stats = dataset_stats.compute_stats(
         examples, image_size=6, batch_size=2, corrupt_counter=counter, progress=False
     )

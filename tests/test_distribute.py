@@ -21,6 +21,7 @@ import tensorflow as tf
 
 import multi_worker_driver as driver
 from alexnet_tf import dataset_stats, distribute, input_pipeline, optim, trainer
+from alexnet_tf import model_dir
 from test_export import in_memory_predictions
 from test_train import SMOKE, smoke_config
 
@@ -34,7 +35,7 @@ def reference_steps(steps, dtype_policy="float32", loss_scale=1.0):
     gradients of the mean loss over the whole batch on a network with no strategy (of
     the loss times `loss_scale`, divided by it), then v <- 0.9 v - 0.0005 lr w - lr g
     (no decay on biases); w <- w + v in float64."""
-    model = trainer.create_model(driver.model_config(), driver.NUM_CLASSES,
+    model = model_dir.create_model(driver.model_config(), driver.NUM_CLASSES,
                                  tower_devices=(None, None), dtype_policy=dtype_policy)
     variables = model.trainable_variables
     weights = [v.numpy().astype(np.float64) for v in variables]
@@ -63,7 +64,7 @@ def reference_steps(steps, dtype_policy="float32", loss_scale=1.0):
 def strategy_steps(strategy, steps):
     """The same steps through the trainer's train step under `strategy`."""
     with strategy.scope():
-        model = trainer.create_model(driver.model_config(), driver.NUM_CLASSES,
+        model = model_dir.create_model(driver.model_config(), driver.NUM_CLASSES,
                                      tower_devices=(None, None))
         optimizer = optim.PaperMomentumSGD(model.trainable_variables)
     train_step = trainer.make_train_step(model, optimizer, strategy, driver.GLOBAL_BATCH)
@@ -245,12 +246,12 @@ def test_resume_mid_epoch_reaches_the_uninterrupted_weights(uninterrupted, tmp_p
     metrics = trainer.train_and_evaluate(config, workdir)
 
     output = capsys.readouterr().out
-    assert f"Resumed from {workdir}/checkpoints/ckpt-4: epoch 0, step 4." in output
+    assert f"Resumed from {workdir}/checkpoints/ckpt-4: epoch 1, step 4." in output
     assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-6")
     assert_same_model(model_tensors(os.path.join(workdir, "checkpoints", "ckpt-6")),
                       uninterrupted["final"])
     assert metrics == uninterrupted["metrics"]
-    assert metrics["examples"] == 16
+    assert metrics["validation"]["examples"] == 16
 
 
 def latest_step(checkpoints):
@@ -292,7 +293,7 @@ def test_killing_a_worker_fails_the_run_and_restarting_both_resumes(tmp_path, un
     assert "Strategy: multi_worker: 2 replica(s) on 2 workers, this one worker 0 (chief)" in (
         logs[0])
     assert sorted(os.listdir(workdir)) == [
-        "checkpoints", "classes.json", "config.json", "dataset_stats.npz", "export", "flags.txt",
+        ".lock", "checkpoints", "classes.json", "config.json", "dataset_stats.npz", "export", "flags.txt",
         "metrics.json", "train", "validation"]  # no worker's temporary directory left
 
     # The same weights, validation figures and SavedModel as one device, uninterrupted.
@@ -300,7 +301,7 @@ def test_killing_a_worker_fails_the_run_and_restarting_both_resumes(tmp_path, un
     assert_same_model(model_tensors(str(checkpoints / "ckpt-6")), uninterrupted["final"],
                       rtol=1e-3, atol=1e-5)
     with open(workdir / "metrics.json") as f:
-        assert json.load(f) == dict(epoch=1, step=6, **uninterrupted["metrics"])
+        assert json.load(f) == dict(epoch=1, step=6, finished=True, **uninterrupted["metrics"])
     images = sorted(str(p) for p in (data_dir / "val").rglob("*.png"))[::8]
     np.testing.assert_allclose(serve(workdir / "export", images),
                                serve(os.path.join(uninterrupted["workdir"], "export"), images),
@@ -310,7 +311,7 @@ def test_killing_a_worker_fails_the_run_and_restarting_both_resumes(tmp_path, un
 def test_float16_step_skips_an_overflow_then_takes_the_loss_scaled_update():
     strategy = tf.distribute.MirroredStrategy(list(TWO_CPUS))
     with strategy.scope():
-        model = trainer.create_model(driver.model_config(), driver.NUM_CLASSES,
+        model = model_dir.create_model(driver.model_config(), driver.NUM_CLASSES,
                                      tower_devices=(None, None), dtype_policy="mixed_float16")
         optimizer = optim.PaperMomentumSGD(model.trainable_variables)
         loss_scale = optim.DynamicLossScale(2.0**30)
@@ -360,11 +361,11 @@ def test_float16_training_survives_overflow_and_checkpoints_the_loss_scale(tmp_p
     # Velocities start at zero and skipped steps leave them so: some step was applied.
     velocities = [reader.get_tensor(n) for n in names if n.startswith("optimizer/velocities")]
     assert len(velocities) == 30 and any(np.any(v) for v in velocities)
-    assert metrics["examples"] == 32
+    assert metrics["validation"]["examples"] == 32
     # The export is the float32 network with the trained weights.
-    network = trainer.create_model(config, 4, tower_devices=(None, None), dtype_policy="float32")
+    network = model_dir.create_model(config, 4, tower_devices=(None, None), dtype_policy="float32")
     tf.train.Checkpoint(model=network).read(latest).expect_partial()
-    stats = dataset_stats.load_stats(os.path.join(workdir, trainer.STATS_FILE))
+    stats = dataset_stats.load_stats(os.path.join(workdir, model_dir.STATS_FILE))
     images = sorted(str(p) for p in (tmp_path / "data" / "val").rglob("*.png"))[::8]
     expected, _ = in_memory_predictions(dict(config=config, stats=stats, network=network,
                                              images=images))
@@ -428,7 +429,7 @@ def test_each_replica_draws_its_own_dropout_masks():
 
     def replica_losses(strategy):
         with strategy.scope():
-            model = trainer.create_model(config, driver.NUM_CLASSES, tower_devices=(None, None))
+            model = model_dir.create_model(config, driver.NUM_CLASSES, tower_devices=(None, None))
         distribute.decorrelate_dropout(model, strategy)
 
         @tf.function

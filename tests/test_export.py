@@ -3,15 +3,21 @@ gives the in-memory model's answers, through tf.saved_model.load and saved_model
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import dataset_stats, export, input_pipeline, trainer
+from alexnet_tf import dataset_stats, export, inference, input_pipeline, model_dir, trainer
+from alexnet_tf import model as model_lib
+from alexnet_tf import preprocessing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FRESH_PROCESS = r"""
 import json, sys
@@ -40,10 +46,10 @@ def trained(tmp_path_factory):
     workdir = str(tmp_path / "model")
     trainer.train_and_evaluate(config, workdir)
     source = trainer.load_source(config)
-    network = trainer.create_model(config, source.num_classes)
+    network = model_dir.create_model(config, source.num_classes)
     latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
     tf.train.Checkpoint(model=network).read(latest).expect_partial()
-    stats = dataset_stats.load_stats(os.path.join(workdir, trainer.STATS_FILE))
+    stats = dataset_stats.load_stats(os.path.join(workdir, model_dir.STATS_FILE))
     images = sorted(
         os.path.join(root, f)
         for root, _, files in os.walk(tmp_path / "data" / "val") for f in files
@@ -53,16 +59,16 @@ def trained(tmp_path_factory):
 
 
 def in_memory_predictions(trained, ten_crop=False):
-    """The trained network on the paper's evaluation preprocessing, in this process."""
+    """The trained network (with the compiled LRN op) on the evaluation preprocessing,
+    in this process."""
     config, stats = trained["config"], trained["stats"]
     probabilities, features = [], []
-    feature_net = trainer.model_lib.feature_model(trained["network"])
+    feature_net = model_lib.feature_model(trained["network"])
     for path in trained["images"]:
         image = tf.io.decode_png(tf.io.read_file(path), channels=3)
-        image = input_pipeline.resize_shorter_and_center_crop(image, config.image_size)
-        centred = input_pipeline.subtract_mean(image, stats.mean_image)
-        crops = (input_pipeline.ten_crop(centred, config.crop_size) if ten_crop
-                 else input_pipeline.center_crop(centred, config.crop_size)[None])
+        crops = preprocessing.eval_crops_from_pixels(image, stats.mean_image, config.crop_size,
+                                                     ten_crop=ten_crop)
+        crops = crops if ten_crop else crops[None]
         p = tf.nn.softmax(trained["network"](crops, training=False))
         probabilities.append(tf.reduce_mean(p, axis=0).numpy())
         features.append(tf.reduce_mean(feature_net(crops, training=False), axis=0).numpy())
@@ -137,3 +143,123 @@ def test_export_tool_from_model_dir_and_its_errors(trained, tmp_path):
     assert os.path.exists(os.path.join(output, "saved_model.pb"))
     with pytest.raises(trainer.TrainingError, match="not a model directory"):
         export.export_from_model_dir(str(tmp_path / "nothing_here"))
+
+
+# ----------------------------------------------------------------------------------
+# What the export may overwrite, what serving says about a bad image, its size.
+
+
+def run_export(*flags):
+    return subprocess.run([sys.executable, "-m", "alexnet_tf.export", *flags], cwd=REPO,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+
+
+def leftovers(directory):
+    return [name for name in os.listdir(directory) if ".partial" in name or name.endswith(".tmp")]
+
+
+def test_export_never_deletes_what_it_did_not_write(trained, tmp_path):
+    workdir = trained["workdir"]
+    users = tmp_path / "users_folder"
+    users.mkdir()
+    (users / "thesis.txt").write_text("years of work")
+    refused = run_export(f"--model_dir={workdir}", f"--output={users}")
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert (f"error: {users} is not empty and is not a SavedModel written by "
+            "alexnet_tf.export; nothing was written") in refused.stderr
+    assert os.listdir(users) == ["thesis.txt"] and not leftovers(tmp_path)
+
+    before = sorted(os.listdir(workdir))
+    with pytest.raises(export.ExportError, match="is the model directory itself"):
+        export.export_from_model_dir(workdir, workdir)
+    with pytest.raises(export.ExportError, match="is the model directory itself"):
+        export.export_from_model_dir(workdir, os.path.join(workdir, "."), overwrite=True)
+    other_run = tmp_path / "other_run"
+    shutil.copytree(workdir, other_run)
+    with pytest.raises(export.ExportError, match="is a model directory"):
+        export.export_from_model_dir(workdir, str(other_run), overwrite=True)
+    assert sorted(os.listdir(workdir)) == before
+    shutil.rmtree(other_run)
+
+    a_file = tmp_path / "model.pb"
+    a_file.write_bytes(b"keep")
+    with pytest.raises(export.ExportError, match="exists and is not a directory"):
+        export.export_from_model_dir(workdir, str(a_file))
+    assert a_file.read_bytes() == b"keep" and not leftovers(tmp_path)
+
+    target = str(tmp_path / "served")
+    export.export_from_model_dir(workdir, target)
+    with pytest.raises(export.ExportError, match="holds an earlier export; pass --overwrite"):
+        export.export_from_model_dir(workdir, target)
+    first = os.path.getmtime(os.path.join(target, "saved_model.pb"))
+    time.sleep(0.01)
+    export.export_from_model_dir(workdir, target, overwrite=True)
+    assert os.path.getmtime(os.path.join(target, "saved_model.pb")) > first
+    assert not leftovers(tmp_path)
+
+
+def test_a_failed_export_leaves_no_staging_directory(trained, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tf.saved_model, "save", broken)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_from_model_dir(trained["workdir"], str(tmp_path / "served"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_serving_names_the_elements_that_do_not_decode(trained):
+    loaded = tf.saved_model.load(export_trained(trained, "export_bad_input"))
+    serve = loaded.signatures["serving_default"]
+    good = open(trained["images"][0], "rb").read()
+    with pytest.raises(tf.errors.InvalidArgumentError) as raised:
+        serve(images=tf.constant([good, b"not an image", good, good[:40]]))
+    assert re.search(r"images\[i\] is not a decodable JPEG, PNG, GIF, BMP or WebP image, "
+                     r"for i in\] \[1 3\]", raised.value.message), raised.value.message
+    assert serve(images=tf.constant([good, good]))["probabilities"].shape == (2, 4)
+
+
+def test_the_export_stores_each_weight_once(trained):
+    export_dir = export_trained(trained, "export_size")
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    stored = sum(int(np.prod(shape)) for name, shape in reader.get_variable_to_shape_map().items()
+                 if reader.get_variable_to_dtype_map()[name].is_floating)
+    assert stored == trained["network"].count_params() + trained["stats"].mean_image.size
+
+
+# ----------------------------------------------------------------------------------
+# One evaluation: training's validation, the tools and the SavedModel agree.
+
+
+def test_every_evaluation_route_gives_the_same_probabilities_on_jpegs(trained, tmp_path):
+    # Real JPEGs of several sizes and aspect ratios, so the window decode, the resize
+    # and the mean crop are all exercised; quality 90, with chroma subsampling.
+    rng = np.random.default_rng(3)
+    encoded = []
+    for height, width in ((48, 48), (60, 44), (37, 90), (120, 80)):
+        image = tf.image.resize(tf.io.decode_png(tf.io.read_file(trained["images"][0]),
+                                                 channels=3), [height, width])
+        noisy = np.clip(image.numpy() + rng.normal(0, 8, image.shape), 0, 255).astype(np.uint8)
+        encoded.append(tf.io.encode_jpeg(noisy, quality=90).numpy())
+    config, stats = trained["config"], trained["stats"]
+    workdir = trained["workdir"]
+    export.export_from_model_dir(workdir, str(tmp_path / "served_ten"), ten_crop=True)
+    export.export_from_model_dir(workdir, str(tmp_path / "served_centre"))
+
+    for ten_crop in (False, True):
+        examples = tf.data.Dataset.from_tensor_slices(
+            {"image": tf.constant(encoded), "label": tf.zeros([4], tf.int64)})
+        crops, _ = next(iter(input_pipeline.make_eval_dataset(
+            examples, stats, 4, config.image_size, config.crop_size, ten_crop=ten_crop)))
+        flat = tf.reshape(crops, [-1, config.crop_size, config.crop_size, 3])
+        validation = tf.nn.softmax(trained["network"](flat, training=False)).numpy()
+        validation = validation.reshape(4, -1, 4).mean(axis=1)
+        mode = inference.TEN_CROP if ten_crop else inference.CENTER
+        tool = inference.load_model(workdir).predict(encoded, mode)["probabilities"]
+        served = inference.load_model(
+            str(tmp_path / ("served_ten" if ten_crop else "served_centre"))).predict(encoded)
+        # The same preprocessing function on the same bytes: only float rounding of
+        # the network (compiled LRN against its standard-op form) remains.
+        np.testing.assert_allclose(tool, validation, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(served["probabilities"], validation, rtol=1e-5, atol=1e-6)

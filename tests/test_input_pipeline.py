@@ -12,6 +12,7 @@ import tensorflow as tf
 
 import ilsvrc_fixture as fx
 from alexnet_tf import input_pipeline as ip
+from alexnet_tf import preprocessing, corrupt_images
 
 
 def eager_and_mapped(fn, *args):
@@ -62,7 +63,7 @@ def test_resize_shorter_and_center_crop_halves_the_central_square(shape, offset)
     square = image[y : y + 8, x : x + 8].astype(np.float64)
     # Half-pixel-centre bilinear at exactly half size averages each 2x2 block.
     expected = square.reshape(4, 2, 4, 2, 3).mean(axis=(1, 3))
-    for result in eager_and_mapped(lambda im: ip.resize_shorter_and_center_crop(im, 4), image):
+    for result in eager_and_mapped(lambda im: preprocessing.resize_shorter_and_center_crop(im, 4), image):
         assert result.shape == (4, 4, 3) and result.dtype == np.float32
         np.testing.assert_allclose(result, expected, atol=1e-4)
 
@@ -70,19 +71,19 @@ def test_resize_shorter_and_center_crop_halves_the_central_square(shape, offset)
 def test_resize_shorter_and_center_crop_non_integer_scale():
     image = np.random.default_rng(1).integers(0, 256, (9, 15, 3)).astype(np.uint8)
     expected = bilinear_reference(image[:, 3:12], 6)
-    for result in eager_and_mapped(lambda im: ip.resize_shorter_and_center_crop(im, 6), image):
+    for result in eager_and_mapped(lambda im: preprocessing.resize_shorter_and_center_crop(im, 6), image):
         np.testing.assert_allclose(result, expected, atol=1e-3)
 
 
 def test_resize_shorter_and_center_crop_keeps_an_image_of_the_right_size():
     image = np.random.default_rng(2).integers(0, 256, (5, 5, 3)).astype(np.uint8)
-    for result in eager_and_mapped(lambda im: ip.resize_shorter_and_center_crop(im, 5), image):
+    for result in eager_and_mapped(lambda im: preprocessing.resize_shorter_and_center_crop(im, 5), image):
         np.testing.assert_array_equal(result, image.astype(np.float32))
 
 
 def test_grey_images_become_three_equal_channels():
     grey = np.random.default_rng(3).integers(0, 256, (6, 6, 1)).astype(np.uint8)
-    for result in eager_and_mapped(lambda im: ip.resize_shorter_and_center_crop(im, 6), grey):
+    for result in eager_and_mapped(lambda im: preprocessing.resize_shorter_and_center_crop(im, 6), grey):
         assert result.shape == (6, 6, 3)
         for channel in range(3):
             np.testing.assert_array_equal(result[..., channel], grey[..., 0])
@@ -91,16 +92,16 @@ def test_grey_images_become_three_equal_channels():
 def test_subtract_mean():
     image = np.random.default_rng(4).integers(0, 256, (4, 4, 3)).astype(np.uint8)
     mean = np.random.default_rng(5).uniform(0, 255, (4, 4, 3)).astype(np.float32)
-    for result in eager_and_mapped(ip.subtract_mean, image, mean):
+    for result in eager_and_mapped(preprocessing.subtract_mean, image, mean):
         np.testing.assert_allclose(result, image.astype(np.float64) - mean, atol=1e-4)
 
 
 def test_center_crop_of_an_image_and_of_a_batch():
     image = coordinate_image(7, 9)
-    for result in eager_and_mapped(lambda im: ip.center_crop(im, 4), image):
+    for result in eager_and_mapped(lambda im: preprocessing.center_crop(im, 4), image):
         np.testing.assert_array_equal(result, image[1:5, 2:6])
     batch = np.stack([image, -image])
-    for result in eager_and_mapped(lambda im: ip.center_crop(im, 4), batch):
+    for result in eager_and_mapped(lambda im: preprocessing.center_crop(im, 4), batch):
         np.testing.assert_array_equal(result, batch[:, 1:5, 2:6])
 
 
@@ -109,7 +110,7 @@ def test_ten_crop_is_four_corners_centre_and_their_mirrors():
     c = 4
     corners = [image[:c, :c], image[:c, -c:], image[-c:, :c], image[-c:, -c:], image[1:5, 2:6]]
     expected = np.stack(corners + [crop[:, ::-1] for crop in corners])
-    for result in eager_and_mapped(lambda im: ip.ten_crop(im, c), image):
+    for result in eager_and_mapped(lambda im: preprocessing.ten_crop(im, c), image):
         assert result.shape == (10, c, c, 3)
         np.testing.assert_array_equal(result, expected)
 
@@ -133,7 +134,7 @@ def test_random_crop_and_flip_crops_inside_and_flips_half_the_time():
     seeds = np.stack([np.full(draws, 7), np.arange(draws)], axis=1)
     crops = next(
         tf.data.Dataset.from_tensor_slices(seeds)
-        .map(lambda seed: ip.random_crop_and_flip(image, crop_size, seed))
+        .map(lambda seed: preprocessing.random_crop_and_flip(image, crop_size, seed))
         .batch(draws)
         .as_numpy_iterator()
     )
@@ -145,17 +146,17 @@ def test_random_crop_and_flip_crops_inside_and_flips_half_the_time():
     assert 90 <= sum(flips) <= 150
     for seed in seeds[:5]:
         eager, mapped = eager_and_mapped(
-            lambda im, s: ip.random_crop_and_flip(im, crop_size, s), image, seed
+            lambda im, s: preprocessing.random_crop_and_flip(im, crop_size, s), image, seed
         )
         np.testing.assert_array_equal(eager, mapped)
 
 
 def test_random_crop_and_flip_is_deterministic_under_a_seed():
     image = coordinate_image(10, 12)
-    first = ip.random_crop_and_flip(image, 4, tf.constant([1, 2])).numpy()
-    again = ip.random_crop_and_flip(image, 4, tf.constant([1, 2])).numpy()
+    first = preprocessing.random_crop_and_flip(image, 4, tf.constant([1, 2])).numpy()
+    again = preprocessing.random_crop_and_flip(image, 4, tf.constant([1, 2])).numpy()
     np.testing.assert_array_equal(first, again)
-    others = [ip.random_crop_and_flip(image, 4, tf.constant([1, s])).numpy() for s in range(3, 9)]
+    others = [preprocessing.random_crop_and_flip(image, 4, tf.constant([1, s])).numpy() for s in range(3, 9)]
     assert any(not np.array_equal(first, other) for other in others)
 
 
@@ -173,7 +174,7 @@ def lighting_offsets(scale, draws, stddev=0.1):
     lit = (
         tf.data.Dataset.from_tensor_slices(seeds)
         .map(
-            lambda s: ip.pca_lighting(image, eigenvalues, eigenvectors, stddev, s, scale),
+            lambda s: preprocessing.pca_lighting(image, eigenvalues, eigenvectors, stddev, s, scale),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .batch(draws)
@@ -181,7 +182,7 @@ def lighting_offsets(scale, draws, stddev=0.1):
     return next(lit.as_numpy_iterator()) - image
 
 
-@pytest.mark.parametrize("scale", [ip.LIGHTING_SQRT_EIGENVALUE, ip.LIGHTING_EIGENVALUE])
+@pytest.mark.parametrize("scale", [preprocessing.LIGHTING_SQRT_EIGENVALUE, preprocessing.LIGHTING_EIGENVALUE])
 def test_pca_lighting_adds_one_rgb_vector_with_the_right_covariance(scale):
     offsets = lighting_offsets(scale, draws=20000).astype(np.float64)
     # The same RGB vector on every pixel of an image.
@@ -190,7 +191,7 @@ def test_pca_lighting_adds_one_rgb_vector_with_the_right_covariance(scale):
     )
     rgb = offsets[:, 0, 0]
     eigenvalues, eigenvectors = np.linalg.eigh(COVARIANCE)
-    if scale == ip.LIGHTING_SQRT_EIGENVALUE:
+    if scale == preprocessing.LIGHTING_SQRT_EIGENVALUE:
         # Cov(P diag(sqrt(l)) a) = 0.1^2 P diag(l) P^T = 0.01 * the pixel covariance.
         expected = 0.01 * COVARIANCE
     else:
@@ -208,7 +209,7 @@ def test_pca_lighting_eagerly_and_mapped_agree_and_follow_the_seed():
     image = np.zeros((2, 3, 3), np.float32)
 
     def light(im, seed):
-        return ip.pca_lighting(im, eigenvalues, eigenvectors, 0.1, seed)
+        return preprocessing.pca_lighting(im, eigenvalues, eigenvectors, 0.1, seed)
 
     eager, mapped = eager_and_mapped(light, image, np.array([5, 6]))
     np.testing.assert_allclose(eager, mapped, atol=1e-5)
@@ -225,15 +226,15 @@ def test_lighting_magnitudes_on_imagenet_scale():
     unit = np.array([0.2175, 0.0188, 0.0045])
     eigenvalues = unit * 255.0**2
     np.testing.assert_allclose(
-        ip.lighting_magnitudes(eigenvalues, ip.LIGHTING_SQRT_EIGENVALUE),
+        preprocessing.lighting_magnitudes(eigenvalues, preprocessing.LIGHTING_SQRT_EIGENVALUE),
         np.sqrt(eigenvalues),
         rtol=1e-5,
     )
     np.testing.assert_allclose(
-        ip.lighting_magnitudes(eigenvalues, ip.LIGHTING_EIGENVALUE), unit * 255.0, rtol=1e-5
+        preprocessing.lighting_magnitudes(eigenvalues, preprocessing.LIGHTING_EIGENVALUE), unit * 255.0, rtol=1e-5
     )
     with pytest.raises(ValueError, match="lighting scale"):
-        ip.lighting_magnitudes(eigenvalues, "sqrt")
+        preprocessing.lighting_magnitudes(eigenvalues, "sqrt")
 
 
 # ----------------------------------------------------------------------------------
@@ -242,21 +243,21 @@ def test_lighting_magnitudes_on_imagenet_scale():
 
 def test_decode_converts_grey_cmyk_alpha_and_16_bit_images():
     grey = fx.smooth_image(0, 12, 10, channels=1)
-    decoded = eager_and_mapped(ip.decode_image, fx.png_bytes(grey))
+    decoded = eager_and_mapped(preprocessing.decode_image, fx.png_bytes(grey))
     for result in decoded:
         np.testing.assert_array_equal(result, np.repeat(grey, 3, axis=2))
 
-    for result in eager_and_mapped(lambda b: ip.decode_image(b, "INTEGER_ACCURATE"), fx.CMYK_JPEG):
+    for result in eager_and_mapped(lambda b: preprocessing.decode_image(b, "INTEGER_ACCURATE"), fx.CMYK_JPEG):
         assert result.shape == (16, 16, 3)
         for (y, x), rgb in zip([(2, 2), (2, 13), (13, 2), (13, 13)], fx.CMYK_JPEG_QUADRANTS_RGB):
             np.testing.assert_allclose(result[y, x], rgb, atol=4)
 
     rgba = np.random.default_rng(1).integers(0, 256, (5, 7, 4)).astype(np.uint8)
-    for result in eager_and_mapped(ip.decode_image, fx.png_bytes(rgba)):
+    for result in eager_and_mapped(preprocessing.decode_image, fx.png_bytes(rgba)):
         np.testing.assert_array_equal(result, rgba[..., :3])
 
     deep = np.array([[[0, 25700, 65535]] * 2] * 3, np.uint16)
-    for result in eager_and_mapped(ip.decode_image, tf.io.encode_png(deep).numpy()):
+    for result in eager_and_mapped(preprocessing.decode_image, tf.io.encode_png(deep).numpy()):
         np.testing.assert_allclose(result, np.round(deep / 257.0), atol=1)
 
 
@@ -267,11 +268,11 @@ def test_decode_crop_and_resize_decodes_only_the_crop_of_the_rescale():
     expected = image[4:16, 14:26].astype(np.float64).reshape(6, 2, 6, 2, 3).mean(axis=(1, 3))
     png = fx.png_bytes(image)
     jpeg = fx.jpeg_bytes(image, quality=100)
-    full_jpeg = ip.decode_image(jpeg, "INTEGER_ACCURATE").numpy()[4:16, 14:26]
+    full_jpeg = preprocessing.decode_image(jpeg, "INTEGER_ACCURATE").numpy()[4:16, 14:26]
     from_jpeg = full_jpeg.astype(np.float64).reshape(6, 2, 6, 2, 3).mean(axis=(1, 3))
 
     def crop(data):
-        return ip.decode_crop_and_resize(data, 12, 6, 2, 4, "INTEGER_ACCURATE")
+        return preprocessing.decode_crop_and_resize(data, 12, 6, 2, 4, "INTEGER_ACCURATE")
 
     for result in eager_and_mapped(crop, png):
         np.testing.assert_allclose(result, expected, atol=1e-4)
@@ -284,7 +285,7 @@ def test_decode_crop_and_resize_of_the_whole_square_is_the_literal_rescale():
     image = fx.smooth_image(3, 15, 9)
     expected = bilinear_reference(image[3:12], 6)
     for result in eager_and_mapped(
-        lambda b: ip.decode_crop_and_resize(b, 6, 6, 0, 0), fx.png_bytes(image)
+        lambda b: preprocessing.decode_crop_and_resize(b, 6, 6, 0, 0), fx.png_bytes(image)
     ):
         np.testing.assert_allclose(result, expected, atol=1e-3)
 
@@ -293,11 +294,11 @@ def test_corrupt_images_are_skipped_and_counted_including_the_last():
     good = fx.jpeg_bytes(fx.smooth_image(4, 8, 8))
     images = [good, fx.GARBAGE, good, fx.truncated_jpeg(5), good, b"", fx.truncated_jpeg(6)]
     examples = tf.data.Dataset.from_tensor_slices({"image": images, "label": np.arange(7)})
-    counter = ip.CorruptImageCounter()
-    labels = [e["label"] for e in ip.decode_examples(examples, counter).as_numpy_iterator()]
+    counter = corrupt_images.CorruptImageCounter()
+    labels = [e["label"] for e in corrupt_images.decode_examples(examples, counter).as_numpy_iterator()]
     assert labels == [0, 2, 4]
     assert counter.count() == 4
-    labels = [e["label"] for e in ip.decode_examples(examples, counter).as_numpy_iterator()]
+    labels = [e["label"] for e in corrupt_images.decode_examples(examples, counter).as_numpy_iterator()]
     assert labels == [0, 2, 4] and counter.count() == 8
 
 
@@ -345,7 +346,7 @@ def test_train_mean_crop_follows_the_image_crop_and_mirror():
         tf.data.Dataset.from_tensor_slices({"image": np.stack([flat] * 16), "label": [0] * 16}),
     ):
         dataset = ip.make_train_dataset(
-            examples, stats, 16, image_size, crop_size, lighting=ip.LIGHTING_NONE, num_epochs=1
+            examples, stats, 16, image_size, crop_size, lighting=preprocessing.LIGHTING_NONE, num_epochs=1
         )
         images, _ = next(dataset.as_numpy_iterator())
         seen = set()
@@ -390,7 +391,7 @@ def corrupt_examples():
 
 
 def test_train_skips_corrupt_images_without_stopping():
-    counter = ip.CorruptImageCounter()
+    counter = corrupt_images.CorruptImageCounter()
     dataset = ip.make_train_dataset(
         corrupt_examples(),
         make_stats(16),
@@ -407,7 +408,7 @@ def test_train_skips_corrupt_images_without_stopping():
 
 
 def test_train_counts_corrupt_images_across_batches_and_drops_the_remainder():
-    counter = ip.CorruptImageCounter()
+    counter = corrupt_images.CorruptImageCounter()
     dataset = ip.make_train_dataset(
         corrupt_examples(),
         make_stats(16),
@@ -426,7 +427,7 @@ def test_train_counts_corrupt_images_across_batches_and_drops_the_remainder():
 
 
 def test_train_endless_stream_keeps_counting():
-    counter = ip.CorruptImageCounter()
+    counter = corrupt_images.CorruptImageCounter()
     dataset = ip.make_train_dataset(
         corrupt_examples(), make_stats(16), 3, 16, 12, corrupt_counter=counter, shuffle_buffer=0
     )
@@ -441,7 +442,7 @@ def test_eval_counts_a_corrupt_last_image_and_keeps_the_partial_batch():
     examples = tf.data.Dataset.from_tensor_slices(
         {"image": [good, fx.GARBAGE, good, good, fx.truncated_jpeg(2)], "label": np.arange(5)}
     )
-    counter = ip.CorruptImageCounter()
+    counter = corrupt_images.CorruptImageCounter()
     dataset = ip.make_eval_dataset(examples, make_stats(16), 2, 16, 12, corrupt_counter=counter)
     batches = [labels.tolist() for _, labels in dataset.as_numpy_iterator()]
     assert batches == [[0, 2], [3]]

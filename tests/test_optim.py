@@ -62,8 +62,8 @@ def test_plateau_schedule_divides_by_ten_after_patience_at_most_three_times():
               0.70, 0.70,              # reduce (third time)
               0.70, 0.70, 0.70, 0.70]  # no more reductions
     rates, reduced = [], []
-    for epoch, error in enumerate(errors):
-        reduced.append(schedule.end_epoch(epoch, error))
+    for error in errors:
+        reduced.append(schedule.record(error))
         rates.append(float(schedule.learning_rate))
     assert [i for i, r in enumerate(reduced) if r] == [3, 6, 8]
     np.testing.assert_allclose(rates[3], 1e-3, rtol=1e-6)
@@ -75,8 +75,8 @@ def test_plateau_schedule_divides_by_ten_after_patience_at_most_three_times():
 
 def test_plateau_schedule_state_survives_a_checkpoint(tmp_path):
     schedule = optim.PlateauSchedule(0.01, patience=1)
-    schedule.end_epoch(0, 0.5)
-    schedule.end_epoch(1, 0.6)  # reduce
+    schedule.record(0.5)
+    schedule.record(0.6)  # reduce
     path = tf.train.Checkpoint(schedule=schedule).write(str(tmp_path / "ckpt"))
     restored = optim.PlateauSchedule(0.01, patience=1)
     tf.train.Checkpoint(schedule=restored).read(path).assert_consumed()
@@ -89,9 +89,22 @@ def test_step_schedule():
     schedule = optim.StepSchedule(0.01, boundaries=(2, 4))
     rates = []
     for epoch in range(6):
+        schedule.begin_epoch(epoch)
+        schedule.record(0.0)  # the step rule ignores the validation error
         rates.append(float(schedule.learning_rate))
-        schedule.end_epoch(epoch, 0.0)
     np.testing.assert_allclose(rates, [0.01, 0.01, 1e-3, 1e-3, 1e-4, 1e-4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("schedule, epoch, expected", [
+    (optim.PlateauSchedule(0.01, patience=1), 5, 0.002 * 0.1),
+    (optim.StepSchedule(0.01, boundaries=(2, 4)), 3, 0.002 * 0.1),
+])
+def test_a_new_initial_rate_on_resume_keeps_the_reductions_made(schedule, epoch, expected):
+    schedule.begin_epoch(epoch)
+    schedule.record(0.5)
+    schedule.record(0.6)  # the plateau rule reduces here; the step rule has at epoch 2
+    schedule.restart_from(0.002, epoch)
+    np.testing.assert_allclose(float(schedule.learning_rate), expected, rtol=1e-6)
 
 
 def test_top_k_error_by_hand():

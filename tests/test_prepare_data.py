@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_tf import prepare_data
+from alexnet_tf import data
 
 
 def write_idx(path, array):
@@ -17,28 +18,78 @@ def write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_fashion_mnist_layout_becomes_an_image_folder(tmp_path):
-    rng = np.random.default_rng(0)
-    source = tmp_path / "idx"
+def write_fashion_mnist(source, rng, train_count=40, test_count=6):
+    """Random IDX files in Fashion-MNIST's layout; returns {prefix: (images, labels)}."""
     source.mkdir()
-    splits = {"train": (7, "train"), "val": (3, "t10k")}
-    expected = {}
-    for split, (count, prefix) in splits.items():
+    written = {}
+    for prefix, count in (("train", train_count), ("t10k", test_count)):
         images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, count, dtype=np.uint8)
+        labels = np.arange(count, dtype=np.uint8) % 10
         write_idx(source / f"{prefix}-images-idx3-ubyte.gz", images)
         write_idx(source / f"{prefix}-labels-idx1-ubyte.gz", labels)
-        expected[split] = (images, labels)
+        written[prefix] = (images, labels)
+    return written
 
-    prepare_data.prepare_fashion_mnist(str(tmp_path / "out"), str(source))
 
-    for split, (images, labels) in expected.items():
-        for index, (image, label) in enumerate(zip(images, labels)):
-            name = prepare_data.FASHION_MNIST_CLASSES[label]
-            path = tmp_path / "out" / split / name / f"{index:06d}.png"
-            decoded = tf.io.decode_png(tf.io.read_file(str(path))).numpy()
-            np.testing.assert_array_equal(decoded[..., 0], image)
-        assert sum(len(files) for _, _, files in os.walk(tmp_path / "out" / split)) == len(images)
+def folder_contents(root):
+    """{file stem: (class folder, pixels)} of an image folder split."""
+    found = {}
+    for class_name in os.listdir(root):
+        for name in os.listdir(root / class_name):
+            pixels = tf.io.decode_png(tf.io.read_file(str(root / class_name / name))).numpy()
+            found[name[:-4]] = (class_name, pixels[..., 0])
+    return found
+
+
+def test_fashion_mnist_becomes_train_val_and_test_folders(tmp_path):
+    written = write_fashion_mnist(tmp_path / "idx", np.random.default_rng(0))
+    counts = prepare_data.prepare_fashion_mnist(str(tmp_path / "out"), str(tmp_path / "idx"),
+                                                val_per_class=2)
+    assert counts == {"train": 20, "val": 20, "test": 6}
+    splits = {split: folder_contents(tmp_path / "out" / split) for split in counts}
+    # val/ holds two training images of each class, train/ the other twenty, test/ the
+    # test images: every file is the IDX image of its index, under its label's class.
+    assert not set(splits["train"]) & set(splits["val"])
+    assert set(splits["train"]) | set(splits["val"]) == {f"{i:06d}" for i in range(40)}
+    for split, prefix in (("train", "train"), ("val", "train"), ("test", "t10k")):
+        images, labels = written[prefix]
+        for stem, (class_name, pixels) in splits[split].items():
+            assert class_name == prepare_data.FASHION_MNIST_CLASSES[labels[int(stem)]]
+            np.testing.assert_array_equal(pixels, images[int(stem)])
+    val_labels = [c for c, _ in splits["val"].values()]
+    assert sorted(val_labels) == sorted(list(prepare_data.FASHION_MNIST_CLASSES) * 2)
+
+
+def test_fashion_mnist_training_subset_and_seed(tmp_path):
+    write_fashion_mnist(tmp_path / "idx", np.random.default_rng(0), train_count=60)
+    subset = prepare_data.prepare_fashion_mnist(
+        str(tmp_path / "a"), str(tmp_path / "idx"), seed=1, train_per_class=3, val_per_class=1)
+    assert subset == {"train": 30, "val": 10, "test": 6}
+    train = folder_contents(tmp_path / "a" / "train")
+    assert sorted(c for c, _ in train.values()) == sorted(
+        list(prepare_data.FASHION_MNIST_CLASSES) * 3)
+    again = prepare_data.prepare_fashion_mnist(
+        str(tmp_path / "b"), str(tmp_path / "idx"), seed=1, train_per_class=3, val_per_class=1)
+    assert again == subset
+    assert set(folder_contents(tmp_path / "b" / "train")) == set(train)
+    other = prepare_data.prepare_fashion_mnist(
+        str(tmp_path / "c"), str(tmp_path / "idx"), seed=2, train_per_class=3, val_per_class=1)
+    assert set(folder_contents(tmp_path / "c" / "train")) != set(train)
+
+
+def test_output_is_replaced_only_if_prepared_here(tmp_path):
+    write_fashion_mnist(tmp_path / "idx", np.random.default_rng(0))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(prepare_data.PrepareError, match="not written by alexnet_tf.prepare_data"):
+        prepare_data.prepare_fashion_mnist(str(mine), str(tmp_path / "idx"), val_per_class=2)
+    assert os.listdir(mine) == ["notes.txt"]
+    assert not [p for p in os.listdir(tmp_path) if "partial" in p]
+    out = str(tmp_path / "out")
+    prepare_data.prepare_fashion_mnist(out, str(tmp_path / "idx"), val_per_class=2)
+    assert prepare_data.prepare_fashion_mnist(out, str(tmp_path / "idx"), val_per_class=1)[
+        "val"] == 10
 
 
 def test_missing_and_malformed_idx_files_are_named(tmp_path):
@@ -57,7 +108,7 @@ def test_missing_and_malformed_idx_files_are_named(tmp_path):
 
 
 def test_synthetic_classes_differ_in_colour():
-    images, labels = prepare_data.synthetic_images(6, num_classes=4, size=16)
+    images, labels = data.synthetic_images(6, num_classes=4, size=16)
     assert images.shape == (24, 16, 16, 3) and images.dtype == np.uint8
     means = np.stack([images[labels == k].reshape(-1, 3).mean(0) for k in range(4)])
     distances = np.linalg.norm(means[:, None] - means[None], axis=-1)

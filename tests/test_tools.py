@@ -16,7 +16,9 @@ import tensorflow as tf
 
 from alexnet_tf import compress, dataset_stats, evaluate, inference, input_pipeline, predict
 from alexnet_tf import retrieve
-from alexnet_tf import show_filters, trainer
+from alexnet_tf import figures, show_filters, trainer
+from alexnet_tf import preprocessing
+from alexnet_tf import model_dir
 from test_train import REPO, smoke_config
 
 CLASSES = ["class_0", "class_1", "class_2", "class_3"]  # the synthetic data's
@@ -26,11 +28,11 @@ RED = (214, 39, 40)  # predict's bar for the true label
 def write_model_dir(workdir, directory, network, class_names):
     """A model directory with workdir's config and statistics and network's weights."""
     os.makedirs(directory)
-    for name in (trainer.CONFIG_FILE, trainer.STATS_FILE):
+    for name in (model_dir.CONFIG_FILE, model_dir.STATS_FILE):
         shutil.copy(os.path.join(workdir, name), directory)
-    with open(os.path.join(directory, trainer.CLASSES_FILE), "w") as f:
+    with open(os.path.join(directory, model_dir.CLASSES_FILE), "w") as f:
         json.dump(class_names, f)
-    checkpoints = os.path.join(directory, trainer.CHECKPOINT_DIR)
+    checkpoints = os.path.join(directory, model_dir.CHECKPOINT_DIR)
     tf.train.CheckpointManager(tf.train.Checkpoint(model=network), checkpoints, 1).save()
     return str(directory)
 
@@ -41,44 +43,43 @@ def trained(tmp_path_factory):
     config = smoke_config(tmp_path, epochs=1, eval_ten_crop=False)
     workdir = str(tmp_path / "model")
     trainer.train_and_evaluate(config, workdir)
-    network = trainer.create_model(config, len(CLASSES))
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, trainer.CHECKPOINT_DIR))
+    network = model_dir.create_model(config, len(CLASSES))
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, model_dir.CHECKPOINT_DIR))
     tf.train.Checkpoint(model=network).read(latest).expect_partial()
 
     # A second, different model of the same classes, for the ensemble.
     rng = np.random.default_rng(0)
-    other = trainer.create_model(config, len(CLASSES))
+    other = model_dir.create_model(config, len(CLASSES))
     other.set_weights([w * (1 + 0.3 * rng.standard_normal(w.shape)).astype(np.float32)
                        for w in network.get_weights()])
     other_dir = write_model_dir(workdir, tmp_path / "other", other, CLASSES)
 
     data_dir = str(tmp_path / "data")
     return dict(
-        config=config, workdir=workdir, export_dir=os.path.join(workdir, trainer.EXPORT_DIR),
+        config=config, workdir=workdir, export_dir=os.path.join(workdir, model_dir.EXPORT_DIR),
         network=network, other=other, other_dir=other_dir, data_dir=data_dir,
-        stats=dataset_stats.load_stats(os.path.join(workdir, trainer.STATS_FILE)),
+        stats=dataset_stats.load_stats(os.path.join(workdir, model_dir.STATS_FILE)),
         train=sorted(glob.glob(os.path.join(data_dir, "train", "*", "*.png"))),
         val=sorted(glob.glob(os.path.join(data_dir, "val", "*", "*.png"))),
         model=inference.load_model(workdir),
-        saved_model=inference.load_model(os.path.join(workdir, trainer.EXPORT_DIR)),
+        saved_model=inference.load_model(os.path.join(workdir, model_dir.EXPORT_DIR)),
         tmp_path=tmp_path, references={},
     )
 
 
 def reference(trained, paths, network="network", ten_crop=False):
-    """(probabilities, fc7 features) of image files by the paper's literal steps, here,
-    all images in one batch; remembered for the module."""
+    """(probabilities, fc7 features) of image files by the evaluation preprocessing and
+    the in-memory network (the compiled LRN), here, all images in one batch; remembered
+    for the module."""
     key = (network, ten_crop, tuple(paths))
     if key not in trained["references"]:
         config, model = trained["config"], trained[network]
         crops = []
         for path in paths:
             image = tf.io.decode_png(tf.io.read_file(path), channels=3)
-            centred = input_pipeline.subtract_mean(
-                input_pipeline.resize_shorter_and_center_crop(image, config.image_size),
-                trained["stats"].mean_image)
-            crops.append(input_pipeline.ten_crop(centred, config.crop_size) if ten_crop
-                         else input_pipeline.center_crop(centred, config.crop_size)[None])
+            image_crops = preprocessing.eval_crops_from_pixels(
+                image, trained["stats"].mean_image, config.crop_size, ten_crop=ten_crop)
+            crops.append(image_crops if ten_crop else image_crops[None])
         both = keras.Model(model.inputs, [model.output, model.get_layer("fc7").output])
         logits, features = both(tf.concat(crops, 0), training=False)
         per_image = [len(paths), -1, logits.shape[-1]]
@@ -215,16 +216,16 @@ def test_show_filters_one_block_per_tower_each_kernel_stretched(trained, tmp_pat
             assert np.abs(tile - stretched(kernels[tower][..., i])).max() <= 1
     assert (pixels[:, 0] == 255).all() and (pixels[7:11] == 255).all()  # spacing, tower gap
 
-    saved = show_filters.filter_figure(trained["saved_model"].conv1_kernels, zoom=3)
+    saved = figures.filter_figure(trained["saved_model"].conv1_kernels, zoom=3)
     np.testing.assert_array_equal(saved, figure)
-    wrapped = show_filters.filter_figure(trained["model"].conv1_kernels, columns=5, zoom=1)
+    wrapped = figures.filter_figure(trained["model"].conv1_kernels, columns=5, zoom=1)
     assert wrapped.shape == (2 * (1 + 4 * 6) + 4, 1 + 5 * 6, 3)  # 16 kernels in 4 rows of 5
 
 
 def test_show_filters_paper_size_96_kernels_in_two_rows():
     rng = np.random.default_rng(2)
     kernels = [rng.standard_normal((11, 11, 3, 48)) for _ in range(2)]
-    figure = show_filters.filter_figure(kernels)
+    figure = figures.filter_figure(kernels)
     zoom = 48 // 11  # about 48 pixels a kernel
     assert figure.shape == (zoom * (2 * (1 + 11 + 1) + 4), zoom * (1 + 48 * 12), 3)
     tile = figure[zoom * (13 + 4 + 1):, zoom * (1 + 12 * 47):][:zoom * 11:zoom, :zoom * 11:zoom]
@@ -385,7 +386,7 @@ def test_compress_against_numpy_and_euclidean(trained, indexes, capsys):
 def test_bad_inputs_stop_with_a_message_naming_them(trained, tmp_path):
     untrained = tmp_path / "untrained"
     untrained.mkdir()
-    for name in (trainer.CONFIG_FILE, trainer.CLASSES_FILE, trainer.STATS_FILE):
+    for name in (model_dir.CONFIG_FILE, model_dir.CLASSES_FILE, model_dir.STATS_FILE):
         shutil.copy(os.path.join(trained["workdir"], name), untrained)
     with pytest.raises(SystemExit, match=f"error: No checkpoint in {untrained}/checkpoints"):
         show_filters.main(dict(model_dir=str(untrained), output=str(tmp_path / "f.png"),
@@ -406,7 +407,7 @@ def test_bad_inputs_stop_with_a_message_naming_them(trained, tmp_path):
                            split="train", batch_size=16, max_examples=None, k=5, thumbnail=24,
                            output=str(tmp_path / "n.png"), queries=[trained["val"][0]]))
 
-    five = trainer.create_model(trained["config"], 5)
+    five = model_dir.create_model(trained["config"], 5)
     five_dir = write_model_dir(trained["workdir"], tmp_path / "five", five, CLASSES + ["class_4"])
     evaluate_values = dict(dataset=None, data_dir=None, manual_dir=None, split="validation",
                            batch_size=16, max_examples=None, output=None)

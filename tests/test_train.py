@@ -1,7 +1,11 @@
-"""The training command end to end on the smoke configuration, resume, and its errors."""
+"""The training command end to end on the smoke configuration: what it leaves, resume
+(exact, after SIGKILL), interruption, damaged checkpoints, the model directory's lock,
+what may change on resume, and the refusals that must leave the directory as it was."""
 
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,28 +15,32 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import trainer
+from alexnet_tf import config as config_lib
+from alexnet_tf import export, inference, model_dir, trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "smoke.flags")
+TWO_CPUS_DRIVER = os.path.join(REPO, "tests", "train_with_two_cpus.py")
+EXIT_INTERRUPTED = 75
 
 
 def smoke_config(tmp_path, **overrides):
-    """configs/smoke.flags as a TrainConfig, with its data under tmp_path."""
-    values = dict(
-        dataset="synthetic", data_dir=str(tmp_path / "data"), model_size="small",
-        image_size=36, crop_size=32, batch_size=16, epochs=2, eval_batch_size=16,
-        checkpoint_every_steps=4, log_every_steps=2,
-    )
-    values.update(overrides)
-    return trainer.TrainConfig(**values)
+    """configs/smoke.flags, read by the command's own loader, with its data under
+    tmp_path and 2 epochs unless overridden."""
+    overrides = {"data_dir": str(tmp_path / "data"), "epochs": 2, **overrides}
+    config, _ = config_lib.load_flagfile(SMOKE, **overrides)
+    return config
 
 
-def run_train(*flags, timeout=240):
-    return subprocess.run(
-        [sys.executable, "-m", "alexnet_tf.train", f"--flagfile={SMOKE}", *flags],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
-    )
+def train_command(*flags, driver=None):
+    program = [driver] if driver else ["-m", "alexnet_tf.train"]
+    return [sys.executable, *program, f"--flagfile={SMOKE}", *flags]
+
+
+def run_train(*flags, timeout=240, driver=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(train_command(*flags, driver=driver), cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, env=env)
 
 
 def scalar_tags(event_dir):
@@ -43,21 +51,62 @@ def scalar_tags(event_dir):
     return tags
 
 
-def test_smoke_config_trains_evaluates_checkpoints_and_exports(tmp_path):
-    workdir = str(tmp_path / "model")
-    metrics = trainer.train_and_evaluate(smoke_config(tmp_path), workdir)
+def checkpoint_tensors(checkpoint):
+    """The run's state in a checkpoint; not the count of saves, which differs between a
+    run that was interrupted and one that was not."""
+    reader = tf.train.load_checkpoint(checkpoint)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name not in ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")}
 
-    # 96 training images / 16 = 6 steps an epoch, 2 epochs; 32 validation images.
-    assert metrics["examples"] == 32
+
+def latest_step(checkpoints):
+    prefixes = model_dir.checkpoint_prefixes(str(checkpoints))
+    return model_dir.checkpoint_step(prefixes[0]) if prefixes else 0
+
+
+def directory_state(directory):
+    """{relative path: bytes} of every file under directory."""
+    state = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                state[os.path.relpath(path, directory)] = f.read()
+    return state
+
+
+def stated_smoke_error(text):
+    """The smoke configuration's final validation top-1 error as a text states it."""
+    found = re.search(r"ends at ([\d.]+)% validation top-1 error", text.replace("\n# ", " "))
+    assert found, "the figure is not stated"
+    return float(found.group(1)) / 100
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """configs/smoke.flags run as written, only its paths moved: a finished model dir."""
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    config, _ = config_lib.load_flagfile(SMOKE, data_dir=str(tmp_path / "data"))
+    workdir = str(tmp_path / "model")
+    report = trainer.train_and_evaluate(config, workdir)
+    return dict(config=config, workdir=workdir, report=report, tmp_path=tmp_path)
+
+
+def test_smoke_config_trains_evaluates_checkpoints_and_exports(smoke_run):
+    workdir, report = smoke_run["workdir"], smoke_run["report"]
+    # 96 training images / 16 = 6 steps an epoch, 4 epochs; 32 validation images.
+    validation = report["validation"]
+    assert validation["examples"] == 32 and "test" not in report
     for key in ("top1_error", "top5_error", "ten_crop_top1_error", "ten_crop_top5_error"):
-        assert 0.0 <= metrics[key] <= 1.0
-    assert metrics["top5_error"] <= metrics["top1_error"]
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    assert latest.endswith("ckpt-12")
+        assert 0.0 <= validation[key] <= 1.0
+    assert validation["top5_error"] <= validation["top1_error"]
+    assert model_dir.checkpoint_prefixes(os.path.join(workdir, "checkpoints"))[0].endswith("ckpt-24")
     with open(os.path.join(workdir, "metrics.json")) as f:
-        assert json.load(f)["step"] == 12
+        metrics = json.load(f)
+    assert metrics["step"] == 24 and metrics["finished"] and metrics["validation"] == validation
     assert os.path.exists(os.path.join(workdir, "export", "saved_model.pb"))
     assert os.path.exists(os.path.join(workdir, "dataset_stats.npz"))
+    assert config_lib.load_flagfile(os.path.join(workdir, "flags.txt"))[0] == smoke_run["config"]
 
     train_tags = scalar_tags(os.path.join(workdir, "train"))
     assert {"loss", "top1_error", "top5_error", "learning_rate", "images_per_second",
@@ -67,42 +116,75 @@ def test_smoke_config_trains_evaluates_checkpoints_and_exports(tmp_path):
         os.path.join(workdir, "validation"))
 
 
-def test_sigkill_mid_run_then_rerun_resumes_to_the_same_step_count(tmp_path):
-    workdir, data_dir = tmp_path / "model", tmp_path / "data"
-    flags = [f"--model_dir={workdir}", f"--data_dir={data_dir}", "--epochs=3",
-             "--checkpoint_every_steps=2", "--export=false"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "alexnet_tf.train", f"--flagfile={SMOKE}", *flags],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    checkpoints = workdir / "checkpoints"
+def test_the_smoke_figure_stated_in_the_readme_and_flagfile_is_the_one_reached(smoke_run):
+    reached = smoke_run["report"]["validation"]["top1_error"]
+    with open(SMOKE) as f:
+        assert stated_smoke_error(f.read()) == pytest.approx(reached)
+    with open(os.path.join(REPO, "README.md")) as f:
+        assert stated_smoke_error(f.read()) == pytest.approx(reached)
+
+
+# ----------------------------------------------------------------------------------
+# Exact resume.
+
+
+def kill_mid_epoch(flags, checkpoints, driver):
+    """Starts the command, SIGKILLs it right after a checkpoint inside an epoch of 6
+    steps (not at an epoch's end), and returns the step of that checkpoint."""
+    process = subprocess.Popen(train_command(*flags, driver=driver), cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
-        latest = tf.train.latest_checkpoint(str(checkpoints)) if checkpoints.exists() else None
-        if latest and int(latest.rsplit("-", 1)[1]) >= 4:
+        if latest_step(checkpoints) % 6 in (2, 3, 4):
             break
-        time.sleep(0.2)
+        time.sleep(0.01)
     assert process.poll() is None, "the run finished before it could be killed"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_at = int(tf.train.latest_checkpoint(str(checkpoints)).rsplit("-", 1)[1])
-    assert killed_at < 18
-
-    result = run_train(*flags)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Resumed from {checkpoints}/ckpt-{killed_at}" in result.stdout
-    with open(workdir / "metrics.json") as f:
-        assert json.load(f)["step"] == 18
-    assert tf.train.latest_checkpoint(str(checkpoints)).endswith("ckpt-18")
+    return latest_step(checkpoints)
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
+@pytest.mark.parametrize("strategy", ["one_device", "towers"])
+def test_a_run_killed_mid_epoch_and_resumed_ends_with_the_uninterrupted_weights(
+        tmp_path, strategy):
+    # Dropout on (the smoke config's 0.5): its masks must continue where they stopped.
+    flags = [f"--data_dir={tmp_path / 'data'}", "--epochs=2", "--checkpoint_every_steps=1",
+             "--export=false", "--eval_ten_crop=false", f"--strategy={strategy}"]
+    if strategy == "towers":
+        flags.append("--tower_devices=/cpu:0,/cpu:1")
+    uninterrupted = run_train(f"--model_dir={tmp_path / 'a'}", *flags, driver=TWO_CPUS_DRIVER)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+
+    resumed_dir = tmp_path / "b"
+    killed_at = kill_mid_epoch([f"--model_dir={resumed_dir}", *flags],
+                               resumed_dir / "checkpoints", TWO_CPUS_DRIVER)
+    assert 0 < killed_at < 12 and killed_at % 6
+    resumed = run_train(f"--model_dir={resumed_dir}", *flags, driver=TWO_CPUS_DRIVER)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resumed from {resumed_dir}/checkpoints/ckpt-" in resumed.stdout
+
+    # Bit for bit: weights, velocities, schedule, step and the dropout generators.
+    reference = checkpoint_tensors(str(tmp_path / "a" / "checkpoints" / "ckpt-12"))
+    final = checkpoint_tensors(str(resumed_dir / "checkpoints" / "ckpt-12"))
+    assert final.keys() == reference.keys()
+    assert any(name.startswith("dropout/") for name in final)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(final[name], value, err_msg=name)
+    with open(tmp_path / "a" / "metrics.json") as f, open(resumed_dir / "metrics.json") as g:
+        assert json.load(f)["validation"] == json.load(g)["validation"]
+
+
+# ----------------------------------------------------------------------------------
+# Stopping, failing, and what the directory is left holding.
+
+
+def test_sigterm_checkpoints_and_exits_non_zero_saying_resumable(tmp_path):
     workdir = tmp_path / "model"
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     process = subprocess.Popen(
-        [sys.executable, "-m", "alexnet_tf.train", f"--flagfile={SMOKE}",
-         f"--model_dir={workdir}", f"--data_dir={tmp_path / 'data'}", "--epochs=50",
-         "--checkpoint_every_steps=1000", "--export=false"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        train_command(f"--model_dir={workdir}", f"--data_dir={tmp_path / 'data'}",
+                      "--epochs=50", "--checkpoint_every_steps=1000", "--export=false"),
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )
     deadline = time.time() + 120
     while time.time() < deadline and not (workdir / "train").exists():
@@ -110,10 +192,15 @@ def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
     time.sleep(3)  # inside the first epochs
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=60)
-    assert process.returncode == 0, output[-3000:]
-    assert "SIGTERM: saved" in output
-    latest = tf.train.latest_checkpoint(str(workdir / "checkpoints"))
-    assert latest is not None and int(latest.rsplit("-", 1)[1]) < 300
+    assert process.returncode == EXIT_INTERRUPTED, output[-3000:]
+    stopped = re.search(r"interrupted by SIGTERM at step (\d+) .*saved (\S+)\. The run is "
+                        r"resumable: rerun the same command", output)
+    assert stopped, output[-3000:]
+    assert "final validation" not in output
+    step = int(stopped.group(1))
+    assert stopped.group(2) == str(workdir / "checkpoints" / f"ckpt-{step}")
+    assert latest_step(workdir / "checkpoints") == step < 300
+    assert not (workdir / "export").exists()
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -122,11 +209,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         trainer.train_and_evaluate(
             smoke_config(tmp_path, learning_rate=1e6, checkpoint_every_steps=1, epochs=5), workdir
         )
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is not None:  # every checkpoint written holds finite weights
-        reader = tf.train.load_checkpoint(latest)
-        for name in reader.get_variable_to_shape_map():
-            value = reader.get_tensor(name)
+    for prefix in model_dir.checkpoint_prefixes(os.path.join(workdir, "checkpoints")):
+        for name, value in checkpoint_tensors(prefix).items():  # every one holds finite weights
             if isinstance(value, np.ndarray) and value.dtype.kind == "f":
                 assert np.all(np.isfinite(value)), name
 
@@ -146,24 +230,180 @@ def test_failed_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeyp
     tf.train.load_checkpoint(before)  # still readable
 
 
-def test_model_dir_of_another_configuration_is_refused(tmp_path):
+def damage(prefix, how):
+    data_file = prefix + ".data-00000-of-00001"
+    if how == "truncated data":
+        with open(data_file, "r+b") as f:
+            f.truncate(os.path.getsize(data_file) // 2)
+    elif how == "flipped bit":
+        with open(data_file, "r+b") as f:
+            f.seek(os.path.getsize(data_file) // 3)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0x10]))
+    else:
+        with open(prefix + ".index", "r+b") as f:
+            f.truncate(os.path.getsize(prefix + ".index") // 2)
+
+
+@pytest.fixture(scope="module")
+def checkpointed(tmp_path_factory):
+    """One epoch of the smoke run, checkpointed at steps 2, 4 and 6."""
+    tmp_path = tmp_path_factory.mktemp("checkpointed")
+    config = smoke_config(tmp_path, epochs=1, checkpoint_every_steps=2, export=False,
+                          eval_ten_crop=False)
     workdir = str(tmp_path / "model")
-    trainer.train_and_evaluate(smoke_config(tmp_path, epochs=1, export=False), workdir)
-    with pytest.raises(trainer.TrainingError, match="crop_size: 32 in the directory, 28 now"):
-        trainer.train_and_evaluate(smoke_config(tmp_path, crop_size=28, export=False), workdir)
+    trainer.train_and_evaluate(config, workdir)
+    return dict(config=config, workdir=workdir, tmp_path=tmp_path)
+
+
+@pytest.mark.parametrize("how", ["truncated data", "flipped bit", "truncated index"])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+        checkpointed, tmp_path, how, capsys):
+    workdir = str(tmp_path / "model")
+    shutil.copytree(checkpointed["workdir"], workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    damaged = os.path.join(checkpoints, "ckpt-6")
+    damage(damaged, how)
+    damaged_bytes = directory_state(checkpoints)
+
+    # The tools use the newest intact checkpoint too, and say which they passed over.
+    exported = export.export_from_model_dir(workdir, str(tmp_path / "export"))
+    assert inference.load_model(exported).num_classes == 4
+    output = capsys.readouterr().out
+    assert f"warning: checkpoint {damaged} is damaged (" in output
+    assert f"Using {os.path.join(checkpoints, 'ckpt-4')}, the newest intact checkpoint." in output
+    assert directory_state(checkpoints) == damaged_bytes  # tools move nothing
+
+    trainer.train_and_evaluate(dataclasses_replace(checkpointed["config"], epochs=2), workdir)
+    output = capsys.readouterr().out
+    assert f"warning: checkpoint {damaged} is damaged (" in output
+    assert f"moved to {os.path.join(checkpoints, 'damaged')}" in output
+    assert f"Resumed from {os.path.join(checkpoints, 'ckpt-4')}: epoch 1, step 4." in output
+    kept = os.path.join(checkpoints, "damaged")
+    for name, contents in damaged_bytes.items():
+        if name.startswith("ckpt-6."):
+            with open(os.path.join(kept, name), "rb") as f:
+                assert f.read() == contents  # set aside as it was, not deleted
+    assert latest_step(checkpoints) == 12
+    assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-12")
+
+
+def dataclasses_replace(config, **changes):
+    import dataclasses
+
+    return dataclasses.replace(config, **changes)
+
+
+def test_no_intact_checkpoint_fails_in_one_line_naming_the_files(checkpointed, tmp_path):
+    workdir = str(tmp_path / "model")
+    shutil.copytree(checkpointed["workdir"], workdir)
+    for prefix in model_dir.checkpoint_prefixes(os.path.join(workdir, "checkpoints")):
+        damage(prefix, "truncated index")
+    result = subprocess.run(
+        [sys.executable, "-m", "alexnet_tf.export", f"--model_dir={workdir}"], cwd=REPO,
+        capture_output=True, text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 1
+    assert f"error: No intact checkpoint in {workdir}/checkpoints" in result.stderr
+    assert "Traceback" not in result.stderr
+    for step in (2, 4, 6):
+        assert f"checkpoint {workdir}/checkpoints/ckpt-{step} is damaged" in result.stdout
+
+
+def test_batch_larger_than_the_training_set_is_refused_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "model"
+    result = run_train(f"--model_dir={workdir}", f"--data_dir={tmp_path / 'data'}",
+                       "--batch_size=97")
+    assert result.returncode == 1
+    assert ("error: --batch_size=97 is larger than the 96 training images of "
+            f"{tmp_path / 'data'}: not one step could be taken") in result.stderr
+    assert not workdir.exists()
+
+
+def test_a_refused_start_leaves_the_model_directory_exactly_as_it_was(checkpointed, tmp_path):
+    workdir = tmp_path / "model"
+    shutil.copytree(checkpointed["workdir"], workdir)
+    flagfile = workdir / "flags.txt"
+    before = directory_state(workdir)
+    refusals = {
+        "--towers=1": "--towers: 2 in the model directory, 1 now",
+        "--seed=3": "--seed: 0 in the model directory, 3 now",
+        "--data_dir=": "--dataset=synthetic needs --data_dir",
+        "--batch_size=200": "--batch_size=200 is larger than the 96 training images",
+    }
+    # The copy's flags.txt names the directory it was copied from: --model_dir after it.
+    for flag, message in refusals.items():
+        result = run_train(f"--flagfile={flagfile}", f"--model_dir={workdir}", flag)
+        assert result.returncode == 1 and message in result.stderr, (flag, result.stderr[-2000:])
+        assert directory_state(workdir) == before, flag
+    # The directory's own flagfile still reruns the run.
+    rerun = run_train(f"--flagfile={flagfile}", f"--model_dir={workdir}", "--epochs=2")
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "Resumed from" in rerun.stdout
+
+
+def test_changed_settings_on_resume_take_effect_and_are_recorded(checkpointed, tmp_path, capsys):
+    workdir = str(tmp_path / "model")
+    shutil.copytree(checkpointed["workdir"], workdir)
+    config = dataclasses_replace(checkpointed["config"], epochs=2, learning_rate=0.004,
+                                 log_every_steps=1)
+    trainer.train_and_evaluate(config, workdir)
+    output = capsys.readouterr().out
+    assert "--learning_rate 0.01 -> 0.004" in output and "--epochs 1 -> 2" in output
+    assert "The learning rate is now 0.004." in output
+    series = {}
+    for name in os.listdir(os.path.join(workdir, "train")):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, "train", name)):
+            for value in event.summary.value:
+                if value.tag == "learning_rate":
+                    series[event.step] = float(tf.make_ndarray(value.tensor))
+    assert [series[s] for s in (2, 4, 6)] == pytest.approx([0.01] * 3)
+    assert [series[s] for s in range(7, 13)] == pytest.approx([0.004] * 6)
+    assert model_dir.load_config(workdir) == config
+    assert config_lib.load_flagfile(os.path.join(workdir, "flags.txt"))[0] == config
+
+
+def test_a_second_run_on_a_locked_directory_is_refused_and_a_dead_holder_does_not_block(
+        tmp_path):
+    workdir = tmp_path / "model"
+    flags = [f"--model_dir={workdir}", f"--data_dir={tmp_path / 'data'}", "--export=false"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    holder = subprocess.Popen(train_command(*flags, "--epochs=200"), cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (workdir / "train").exists():
+        time.sleep(0.2)
+    second = run_train(*flags, "--epochs=200")
+    assert second.returncode == 1
+    assert re.search(rf"error: {workdir} is in use by process {holder.pid} on \S+ \(started ",
+                     second.stderr), second.stderr[-2000:]
+    assert len(second.stderr.strip().splitlines()) == 1 or "Traceback" not in second.stderr
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    third = run_train(*flags, "--epochs=1")
+    assert third.returncode == 0, third.stderr[-3000:]
+
+
+def test_model_dir_of_another_configuration_is_refused(checkpointed, tmp_path):
+    workdir = str(tmp_path / "model")
+    shutil.copytree(checkpointed["workdir"], workdir)
+    with pytest.raises(trainer.TrainingError, match="crop_size: 32 in the model directory, 28 now"):
+        trainer.train_and_evaluate(dataclasses_replace(checkpointed["config"], crop_size=28),
+                                   workdir)
 
 
 def test_unwritable_model_dir_and_missing_data_fail_at_start(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     with pytest.raises(trainer.TrainingError, match="not writable"):
-        trainer.check_workdir(str(blocker / "model"))
+        model_dir.check_writable(str(blocker / "model"))
     missing = tmp_path / "no_such_dir"
     with pytest.raises(trainer.TrainingError, match=str(missing)):
         trainer.train_and_evaluate(
             smoke_config(tmp_path, dataset="image_folder", data_dir=str(missing)),
             str(tmp_path / "model"),
         )
+    assert not (tmp_path / "model").exists()
 
 
 def test_bad_flags_fail_before_any_work(tmp_path):
@@ -174,3 +414,25 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert contradictory.returncode != 0
     assert "--crop_size=64 is larger than --image_size=36" in contradictory.stderr
     assert not workdir.exists()
+
+
+def test_one_log_line_per_corrupt_file_naming_it_and_why(tmp_path):
+    data_dir = tmp_path / "data"
+    from alexnet_tf import data
+
+    data.ensure_synthetic(str(data_dir))
+    (data_dir / "train" / "class_0" / "garbage.png").write_bytes(b"not an image at all")
+    good = (data_dir / "train" / "class_1" / "000024.png").read_bytes()
+    (data_dir / "train" / "class_1" / "truncated.png").write_bytes(good[:120])
+    result = run_train(f"--model_dir={tmp_path / 'model'}", f"--data_dir={data_dir}",
+                       "--epochs=1", "--export=false", "--eval_ten_crop=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, reason in (("class_0/garbage.png", "Unknown image file format"),
+                         ("class_1/truncated.png", "PNG")):
+        lines = [line for line in result.stderr.splitlines() if name in line]
+        # Once in the statistics pass and once in the epoch, each on one line.
+        assert len(lines) == 2, result.stderr[-3000:]
+        for line in lines:
+            assert re.search(rf"Skipped train/{name}: .*{reason}.*\(\d+ undecodable so far\)",
+                             line), line
+    assert "ignore_errors" not in result.stderr and "Traceback" not in result.stderr

@@ -8,6 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from alexnet_tf import input_pipeline, ops
+from alexnet_tf import preprocessing
 
 # Sampling positions are computed in float32 by the op and by TensorFlow's resize; a
 # position one float32 ulp apart at coordinate ~300 moves a value by up to 255 * 3e-5.
@@ -147,7 +148,7 @@ def jpeg_bytes(height, width, mode="RGB", seed=0, **save_options):
 
 def composed(contents, size, mean, offset, flip, rgb, dct_method):
     """The op's meaning: the pipeline's window decode, then the region op."""
-    region = input_pipeline.decode_crop_region(
+    region = preprocessing.decode_crop_region(
         contents, mean.shape[0], size, offset[0], offset[1], dct_method
     )
     return ops.resize_flip_and_normalize(region, size, mean, offset, flip, rgb).numpy()
@@ -234,8 +235,8 @@ def test_augmentation_draws_equal_tensorflows_stateless_draws(seed, image_size, 
     for index in [0, 1, 2, 99, 12345, 2**33 + 5]:
         offset, flip, rgb = ops.augmentation_draws(index, basis, seed, image_size, crop_size, 0.1)
 
-        crop_seed, lighting_seed = input_pipeline.augmentation_seeds(seed, index)
-        offset_y, offset_x, want_flip = input_pipeline.random_crop_window(
+        crop_seed, lighting_seed = preprocessing.augmentation_seeds(seed, index)
+        offset_y, offset_x, want_flip = preprocessing.random_crop_window(
             image_size, image_size, crop_size, crop_seed
         )
         assert offset.numpy().tolist() == [int(offset_y), int(offset_x)]

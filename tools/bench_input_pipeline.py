@@ -20,7 +20,7 @@ machine hits all alike:
   bare_skipping  bare with full's skipping and counting of corrupt images (which
                  keeps tf.data from fusing the map with the batching);
   bare_fused     bare_skipping with full's ops: the random crop and mirror from
-                 ops.augmentation_draws, then input_pipeline.training_crop_from_bytes
+                 ops.augmentation_draws, then preprocessing.training_crop_from_bytes
                  with a zero mean image and no lighting, i.e. full without mean
                  subtraction and lighting, and nothing else;
   bare_central   the bare pipeline as usually written: decode the central square,
@@ -57,6 +57,7 @@ import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import data, dataset_stats, ops  # noqa: E402
 from alexnet_tf import input_pipeline as ip  # noqa: E402
+from alexnet_tf import preprocessing, corrupt_images
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Distinct JPEGs generated.")
 _WIDTH = flags.DEFINE_integer("width", 500, "Generated image width.")
@@ -114,32 +115,32 @@ def bare_dataset(examples, batch_size, central, dct_method, skipping=False, fuse
                  seed=0):
     """Decode, resize, random crop and flip only; same shuffling, parallelism and tf.data
     options as full."""
-    size, crop = ip.PAPER_IMAGE_SIZE, ip.PAPER_CROP_SIZE
+    size, crop = preprocessing.PAPER_IMAGE_SIZE, preprocessing.PAPER_CROP_SIZE
     zero_mean, zero_rgb = tf.zeros([size, size, 3]), tf.zeros([3])
 
     def augment(index, example):
         if fused:
             offset, flip, _ = ops.augmentation_draws(index, tf.zeros([3, 3]), seed, size, crop, 0.0)
-            image = ip.training_crop_from_bytes(
+            image = preprocessing.training_crop_from_bytes(
                 example["image"], crop, zero_mean, offset, flip, zero_rgb, dct_method
             )
             return image, tf.cast(example["label"], tf.int32)
-        crop_seed, _ = ip.augmentation_seeds(seed, index)
+        crop_seed, _ = preprocessing.augmentation_seeds(seed, index)
         if central:
-            image = ip.decode_crop_and_resize(example["image"], size, size, 0, 0, dct_method)
-            image = ip.random_crop_and_flip(image, crop, crop_seed)
+            image = preprocessing.decode_crop_and_resize(example["image"], size, size, 0, 0, dct_method)
+            image = preprocessing.random_crop_and_flip(image, crop, crop_seed)
         else:
-            offset_y, offset_x, flip = ip.random_crop_window(size, size, crop, crop_seed)
-            image = ip.decode_crop_and_resize(
+            offset_y, offset_x, flip = preprocessing.random_crop_window(size, size, crop, crop_seed)
+            image = preprocessing.decode_crop_and_resize(
                 example["image"], size, crop, offset_y, offset_x, dct_method
             )
-            image = ip.flip_left_right_if(image, flip)
+            image = preprocessing.flip_left_right_if(image, flip)
         return image, tf.cast(example["label"], tf.int32)
 
     examples = examples.shuffle(ip.DEFAULT_SHUFFLE_BUFFER, seed=seed).repeat()
     if skipping:
-        counter = ip.CorruptImageCounter()
-        batches = ip.map_and_batch_skipping_corrupt(examples, augment, counter, batch_size, True)
+        counter = corrupt_images.CorruptImageCounter()
+        batches = corrupt_images.map_and_batch_skipping_corrupt(examples, augment, counter, batch_size, True)
     else:
         batches = (
             examples.enumerate()

@@ -54,13 +54,13 @@ def worker(args):
 
     import tensorflow as tf
 
-    from alexnet_tf import optim, trainer
+    from alexnet_tf import model_dir, optim, trainer
 
     strategy = distribution.strategy
     config = trainer.TrainConfig(model_size=args.model_size, crop_size=args.crop_size,
                                  seed=0)
     with strategy.scope():
-        model = trainer.create_model(config, args.num_classes,
+        model = model_dir.create_model(config, args.num_classes,
                                      tower_devices=distribution.tower_devices)
         optimizer = optim.PaperMomentumSGD(model.trainable_variables)
     train_step = trainer.make_train_step(model, optimizer, strategy, args.batch_size)

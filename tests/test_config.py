@@ -1,0 +1,92 @@
+"""The run's one schema: flags defined from it, flagfiles read by one loader, the
+record written into a model directory, and the resume rule."""
+
+import dataclasses
+import glob
+import os
+
+import pytest
+
+from alexnet_tf import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_every_shipped_flagfile_loads_and_validates():
+    for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.flags"))):
+        config, _ = config_lib.load_flagfile(path, data_dir="/data")
+        assert config_lib.validate(config) == [], path
+
+
+def test_the_small_recipe_read_from_its_flagfile_with_overrides():
+    config, model_dir = config_lib.load_flagfile(
+        os.path.join(REPO, "configs", "small.flags"), data_dir="/data", epochs=1, export=False)
+    assert model_dir is None
+    assert (config.dataset, config.model_size, config.towers) == ("image_folder", "small", 2)
+    assert (config.image_size, config.crop_size, config.batch_size) == (36, 32, 128)
+    assert config.lighting_stddev == 0.1 and config.export is False
+    assert (config.epochs, config.data_dir) == (1, "/data")
+    # Everything the flagfile does not set keeps the schema's one default.
+    defaults = config_lib.TrainConfig()
+    assert (config.momentum, config.weight_decay, config.seed) == (
+        defaults.momentum, defaults.weight_decay, defaults.seed)
+
+
+def test_bad_flagfiles_name_the_flag(tmp_path):
+    bad = tmp_path / "bad.flags"
+    bad.write_text("# a comment\n--model_size=small\n--no_such_setting=1\n")
+    with pytest.raises(ValueError, match="no_such_setting"):
+        config_lib.load_flagfile(str(bad))
+    bad.write_text("--lrn=maybe\n")
+    with pytest.raises(ValueError, match="lrn"):
+        config_lib.load_flagfile(str(bad))
+    bad.write_text("--step_boundaries=3,x\n")
+    with pytest.raises(ValueError, match="--step_boundaries=3,x: every item must be a whole"):
+        config_lib.load_flagfile(str(bad))
+    with pytest.raises(FileNotFoundError, match="missing.flags"):
+        config_lib.load_flagfile(str(tmp_path / "missing.flags"))
+
+
+def test_the_resolved_flagfile_round_trips_every_field(tmp_path):
+    config = dataclasses.replace(config_lib.TrainConfig(), data_dir="/d", towers=1, epochs=7,
+                                 step_boundaries=(2, 5), tower_devices=("/cpu:0",),
+                                 learning_rate=0.03, lrn=False)
+    path = tmp_path / "flags.txt"
+    path.write_text(config_lib.to_flagfile(config, "/runs/a"))
+    loaded, model_dir = config_lib.load_flagfile(str(path))
+    assert loaded == config and model_dir == "/runs/a"
+    assert config_lib.TrainConfig.from_json(config.to_json()) == config
+
+
+def test_each_field_has_help_and_each_default_is_written_once():
+    for name, field in config_lib.FIELDS.items():
+        assert field.metadata["help"], name
+    # The command's flags are the schema's, with the schema's defaults.
+    from absl import flags
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values, model_dir_required=False)
+    flag_values(["train"])
+    assert config_lib.config_from_flag_values(flag_values)[0] == config_lib.TrainConfig()
+
+
+def test_validation_names_each_bad_value():
+    config = dataclasses.replace(config_lib.TrainConfig(), data_dir="", batch_size=0,
+                                 dropout_rate=1.0, crop_size=300)
+    errors = " ".join(config_lib.validate(config))
+    for message in ("--batch_size=0 must be at least 1", "--dropout_rate=1.0 must be below 1",
+                    "--crop_size=300 is larger than --image_size=256",
+                    "--dataset=imagenet2012 needs --data_dir"):
+        assert message in errors
+
+
+def test_the_resume_rule_splits_changeable_from_fixed_settings():
+    before = dataclasses.replace(config_lib.TrainConfig(), data_dir="/d")
+    after = dataclasses.replace(before, learning_rate=0.001, epochs=120, log_every_steps=7,
+                                towers=1, seed=4)
+    assert config_lib.changed_on_resume(before, after) == {
+        "epochs": (90, 120), "learning_rate": (0.01, 0.001), "log_every_steps": (50, 7)}
+    refused = config_lib.check_resumable(before, after)
+    assert [line.split(":")[0] for line in refused] == ["--towers", "--seed"]
+    assert set(config_lib.ARCHITECTURE_FIELDS) <= set(config_lib.FIELDS) - set(
+        config_lib.CHANGEABLE_ON_RESUME)
