@@ -140,7 +140,7 @@ setup(
     description="AlexNet (Krizhevsky, Sutskever and Hinton, 2012) in TensorFlow, "
     "with a compiled LRN op, the paper's data pipeline, training recipe and export.",
     packages=find_packages(include=["alexnet_tf", "alexnet_tf.*"]),
-    ext_modules=[Extension("alexnet_tf._lrn_ops", sources=[])],
+    ext_modules=[Extension("alexnet_tf._ops", sources=[])],
     cmdclass={"build_ext": BuildTensorFlowOps},
     python_requires=">=3.10",
     install_requires=[
@@ -162,7 +162,8 @@ setup(
         # built against: keep these in step with TENSORFLOW_VERSION.
         "cpu": [f"tensorflow-cpu=={TENSORFLOW_VERSION}.*"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW_VERSION}.*"],
-        "test": ["pytest>=8"],
+        # The tests write and read images with Pillow, independently of TensorFlow.
+        "test": ["pytest>=8", "Pillow>=10"],
     },
     zip_safe=False,
 )

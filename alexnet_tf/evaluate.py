@@ -25,7 +25,7 @@ ENSEMBLE = "ensemble"
 _MODE_TITLES = {inference.CENTER: "centre", inference.TEN_CROP: "10-crop"}
 
 
-def top_k_misses(probabilities, labels, k):
+def missed_top_k(probabilities, labels, k):
     """bool [N]: the label is not among the k most probable classes. Classes tied with
     the label count in its favour, as in tf.math.in_top_k."""
     label_probabilities = probabilities[np.arange(len(labels)), labels]
@@ -67,7 +67,7 @@ def evaluate(models, source, split="validation", batch_size=64, max_examples=Non
             probabilities[(ENSEMBLE, mode)] = np.mean(
                 [probabilities[(i, mode)] for i in range(len(models))], axis=0)
         for key, p in probabilities.items():
-            misses[key] += [int(top_k_misses(p, labels, k).sum()) for k in TOP_KS]
+            misses[key] += [int(missed_top_k(p, labels, k).sum()) for k in TOP_KS]
             if keep_probabilities:
                 kept[key].append(p)
         kept_labels.append(labels)

@@ -48,7 +48,7 @@ LRN_ALPHA_CONVENTIONS = (LRN_PAPER_TEXT, LRN_AUTHORS_CODE)
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
 _LIBRARY_DIR = os.path.dirname(os.path.abspath(__file__))
-_LIBRARY_GLOB = "_lrn_ops*.so"
+_LIBRARY_GLOB = "_ops*.so"
 # Written into the library by setup.py (see alexnet_tf_build_stamp in lrn_op.cc).
 _BUILD_STAMP = re.compile(rb"alexnet_tf-built-for-tensorflow=([^;\x00]*);")
 

@@ -408,9 +408,11 @@ def test_placement_does_not_change_the_numbers():
         np.testing.assert_allclose(gp.numpy(), g.numpy(), rtol=1e-4, atol=1e-6)
 
 
-def test_default_placement_without_gpus_is_none():
-    assert not tf.config.list_logical_devices("GPU")
-    assert alexnet_model.resolve_tower_devices(None) == (None, None)
+def test_default_placement_is_the_first_two_gpus_else_none():
+    gpus = [g.name for g in tf.config.list_logical_devices("GPU")]
+    expected = tuple(gpus[:2]) if len(gpus) >= 2 else (None, None)
+    assert alexnet_model.resolve_tower_devices(None) == expected
+    assert alexnet_model.resolve_tower_devices(None, towers=1) == (None,)
     assert alexnet_model.resolve_tower_devices((None, None)) == (None, None)
     assert alexnet_model.resolve_tower_devices(("/CPU:0", "/device:CPU:1")) == (
         "/CPU:0",
@@ -471,7 +473,7 @@ def _size(**changes):
         (dict(size=_size(conv_filters=(31, 64, 96, 96, 64))), "conv1 filters=31"),
         (dict(size=_size(conv_filters=(32, 64, 96, 96, 63))), "conv5 filters=63"),
         (dict(size=_size(fc_units=(512, 511))), "fc7 units=511"),
-        (dict(tower_devices=("/GPU:0", "/GPU:1")), "'/GPU:0'"),
+        (dict(tower_devices=("/GPU:64", "/GPU:65")), "'/GPU:64'"),
         (dict(tower_devices=("/CPU:0", "/CPU:7")), "'/CPU:7'"),
         (dict(tower_devices=("/CPU:0", "nonsense")), "'nonsense'"),
         (dict(tower_devices=("/CPU:0",)), r"\('/CPU:0',\)"),
