@@ -256,3 +256,46 @@ def test_missing_library_says_how_to_build(tmp_path, monkeypatch):
             ops.load_library()
     finally:
         ops.load_library.cache_clear()
+
+
+@pytest.mark.parametrize("channels, depth_radius", [(8, 0), (16, 2), (32, 2), (48, 5), (64, 8)])
+def test_the_blocked_float32_path_matches_the_float64_formula(channels, depth_radius):
+    # float32 with channels a multiple of 8 and beta = 0.75 takes the blocked path of
+    # 32 pixels at a time; 3 x 7 x 11 = 231 pixels are seven blocks and a partial one.
+    rng = np.random.default_rng(channels)
+    x = (np.maximum(rng.standard_normal((3, 7, 11, channels)), 0) * 40).astype(np.float32)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    params = dict(depth_radius=depth_radius, bias=2.0, alpha=1e-4, beta=0.75)
+    y, dx = forward_and_gradient(tf.constant(x), tf.constant(dy), **params)
+    xs, dys = x.astype(np.float64), dy.astype(np.float64)
+    np.testing.assert_allclose(y, lrn_reference.lrn(xs, **params), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dx, lrn_reference.lrn_grad(dys, xs, **params), rtol=1e-4,
+                               atol=1e-6)
+
+
+@pytest.mark.parametrize("convention, divisor", [("paper_text", 1), ("authors_code", 5)])
+def test_the_alpha_convention_in_the_op_the_reference_and_the_layer(convention, divisor):
+    rng = np.random.default_rng(3)
+    x = np.maximum(rng.standard_normal((2, 4, 4, 24)), 0) * 30
+    dy = rng.standard_normal(x.shape)
+    alpha = 5 / 4096  # alpha and alpha / 5 are exact float32 attributes
+    # The formula with alpha / n per term under the authors' convention (n = 5).
+    expected = lrn_reference.lrn(x, depth_radius=2, bias=1.0, alpha=alpha / divisor, beta=0.75)
+    expected_dx = lrn_reference.lrn_grad(dy, x, depth_radius=2, bias=1.0, alpha=alpha / divisor,
+                                         beta=0.75)
+    params = dict(depth_radius=2, bias=1.0, alpha=alpha, beta=0.75, alpha_convention=convention)
+    y, dx = forward_and_gradient(tf.constant(x), tf.constant(dy), **params)
+    np.testing.assert_allclose(y, expected, rtol=1e-10)
+    np.testing.assert_allclose(dx, expected_dx, rtol=1e-9, atol=1e-14)
+    reference = ops.local_response_normalization_reference(tf.constant(x), **params)
+    np.testing.assert_allclose(reference, expected, rtol=1e-10)
+    layer = layers.LocalResponseNormalization(2, 1.0, alpha, 0.75, alpha_convention=convention,
+                                              dtype="float64")
+    np.testing.assert_allclose(layer(tf.constant(x)), expected, rtol=1e-10)
+    assert layers.LocalResponseNormalization.from_config(layer.get_config()).alpha_convention == (
+        convention)
+
+
+def test_an_unknown_alpha_convention_is_refused():
+    with pytest.raises(tf.errors.InvalidArgumentError, match="alpha_convention must be one of"):
+        ops.local_response_normalization(tf.ones([1, 1, 1, 8]), alpha_convention="caffe")
