@@ -109,8 +109,12 @@ def test_paper_model_tower_connectivity(paper_model):
     for name, shape in PAPER_TOWER_KERNELS.items():
         assert [tuple(k.shape) for k in _kernels(paper_model, name)] == [shape, shape], name
     assert [tuple(k.shape) for k in _kernels(paper_model, "fc8")] == [(4096, 1000)]
-    for name in ("conv1", "conv2", "conv4", "conv5"):
+    for name in ("pool1", "conv2", "conv4", "conv5"):
         assert len(paper_model.get_layer(name).output) == 2, name
+    # With no tower placed, conv1's towers, and lrn1 and pool1 after them, run as one
+    # op each on the towers' channels side by side, split after pool1.
+    for name in ("conv1", "lrn1"):
+        assert tuple(paper_model.get_layer(name).output.shape) == (None, 55, 55, 96), name
 
 
 def test_paper_initialization(paper_model):
@@ -279,7 +283,8 @@ def test_mixed_precision_runs_lrn_low_and_returns_float32_logits(policy, low):
         .graph
     )
     lrn_ops = [op for op in graph.get_operations() if op.type == "AlexnetTf>LocalResponseNorm"]
-    assert len(lrn_ops) == 4  # lrn1 and lrn2, two towers each
+    # lrn1 once on both towers' channels side by side, lrn2 once per tower.
+    assert len(lrn_ops) == 3
     assert all(op.get_attr("T") == low for op in lrn_ops)
     convs = [op for op in graph.get_operations() if op.type == "Conv2D"]
     assert convs and all(op.get_attr("T") == low for op in convs)
