@@ -1,72 +1,68 @@
-"""The paper's design choices, each switched off in turn, on the small variant.
+"""The paper's design choices, each switched off in turn, on the small variant, with seeds.
 
-    python -m alexnet_tf.ablations --data_dir=data/fashion_mnist --workdir=runs/ablations \\
-        --output=runs/ablations/table.md
+    python -m alexnet_tf.ablations --data_dir=data/fashion_mnist --workdir=runs/ablations
 
-Trains the small variant with the recipe of configs/small.flags once as the
-baseline (the paper's choices) and once per changed setting, each in its own
-model directory under --workdir, and prints one table that sets each pair
-beside the figure the paper reports:
+Trains the small variant with the recipe of configs/small.flags (the README's main
+run) as the baseline and once per changed setting, each with every seed of --seeds,
+each in its own model directory (WORKDIR/ARM/seedS). Every run's learning-rate
+schedule looks at its validation split only; the table reports the test split's
+error with ten crops (the data's test/ folder; its val/ where there is none). For
+each pair it gives each arm's mean and standard deviation over the seeds, the
+difference of the means (the paper's choice minus the changed setting), its
+standard error sqrt(s1^2 / n1 + s2^2 / n2), and whether the difference exceeds twice
+that: a difference within it is not evidence either way. The paper's figure stands
+beside each pair:
 
-| pair | measure | paper |
-|---|---|---|
-| ReLU vs tanh | training steps to 25% training error, and the training error at the end | about 6x fewer steps with ReLU (Figure 1) |
-| LRN on vs off | validation top-1 / top-5 error | -1.4 / -1.2 points (Section 3.3) |
-| overlapping vs 2x2 pooling | validation top-1 / top-5 error | -0.4 / -0.3 points (Section 3.4) |
-| two towers vs one tower, half the kernels | validation top-1 / top-5 error | -1.7 / -1.2 points (Section 3.2) |
-| PCA lighting on vs off | validation top-1 / top-5 error | over 1 point top-1 (Section 4.1) |
+| pair | paper (its choice minus the other) |
+|---|---|
+| ReLU vs tanh | about 6x fewer steps to 25% training error (Figure 1; see alexnet_tf.figure1) |
+| LRN on vs off | -1.4 top-1 / -1.2 top-5 points (Section 3.3) |
+| overlapping vs 2x2 pooling | -0.4 / -0.3 points (Section 3.4) |
+| two towers vs one tower with half the kernels | -1.7 / -1.2 points (Section 3.2) |
+| PCA lighting on vs off | over 1 point top-1 (Section 4.1) |
 
-Budget: every run gets the same fixed budget, by default 1 epoch (on
-Fashion-MNIST: 60,000 images at batch 128, 468 steps) and a centre-crop
-evaluation of the whole validation split (10,000 images), with no ten-crop
-evaluation and no export, one seed. The six runs took 24 minutes on 2 CPU
-cores shared with other jobs (BENCHMARKS.md), within a 45-minute budget. The
-dataset statistics (mean image and RGB principal components) are computed once
-into WORKDIR/dataset_stats.npz and shared by every run.
-
-Rerunning the same command skips the runs that have finished and resumes the
-others from their last checkpoint. The table is also written to --output, as
-Markdown there and as JSON beside it (same name, .json).
+The dataset statistics are computed once into WORKDIR/dataset_stats.npz and shared.
+Rerunning the command skips finished runs and resumes the others from their last
+checkpoint. The table is written to --output (Markdown) and JSON beside it; each
+run's settings and final errors are also logged for TensorBoard's HParams plugin, so
+that `tensorboard --logdir WORKDIR` sets the arms side by side.
 """
 
 import dataclasses
 import json
+import math
 import os
+import statistics
 import sys
 import time
 
 # As in train.py: reuse large CPU buffers (see BENCHMARKS.md); must be set before
 # TensorFlow starts.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import model_dir, preprocessing, trainer  # noqa: E402
+from alexnet_tf import files, model_dir, preprocessing, trainer  # noqa: E402
 
 DEFAULT_RECIPE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "small.flags"
 )
 BASELINE = "baseline"
 STATS_FILE = "dataset_stats.npz"
-
-# Figure 1 (Section 3.1): iterations of a four-layer CNN on CIFAR-10 to reach 25%
-# training error, about six times fewer with ReLUs than with tanh units.
-PAPER_TARGET_TRAINING_ERROR = 0.25
-PAPER_RELU_SPEEDUP = 6.0
-# Training error is logged per batch; the running mean over this many steps is
-# what is compared with the target, so that one lucky batch does not count.
-DEFAULT_SMOOTHING_STEPS = 50
+HPARAMS_DIR = "hparams"
+# A difference of the means beyond this many of its standard errors counts as more
+# than the seeds' spread.
+SIGNIFICANT_STANDARD_ERRORS = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
 class Ablation:
     """One of the paper's choices and the setting it was compared with.
 
-    paper_top1 and paper_top5 are the reported changes of error (in percentage
-    points, the paper's choice minus the other) where the pair is judged by
-    validation error; paper_text is what the table shows in the paper column.
+    paper_top1 and paper_top5 are the reported changes of error in percentage points,
+    the paper's choice minus the other; paper_text is what the table shows.
     """
 
     name: str
@@ -76,12 +72,11 @@ class Ablation:
     paper_text: str
     paper_top1: float = None
     paper_top5: float = None
-    by_training_steps: bool = False
 
 
 ABLATIONS = (
     Ablation("tanh", "ReLU vs tanh", "tanh", {"activation": "tanh"},
-             "about 6x fewer steps with ReLU (Figure 1, CIFAR-10)", by_training_steps=True),
+             "about 6x fewer steps to 25% training error (Figure 1; alexnet_tf.figure1)"),
     Ablation("no_lrn", "LRN on vs off", "no LRN", {"lrn": False},
              "-1.4 / -1.2 (Section 3.3)", -1.4, -1.2),
     Ablation("no_overlap", "overlapping vs non-overlapping pooling", "2x2 pools, stride 2",
@@ -98,44 +93,6 @@ def config_from_flagfile(path, **overrides):
     """A training flagfile (the training command's flags) as a TrainConfig, with
     `overrides` applied after it."""
     return config_lib.load_flagfile(path, **overrides)[0]
-
-
-def read_scalars(event_dir, tag):
-    """A TensorBoard scalar as [(step, value)] by step. A step written twice (a
-    resumed run repeats the steps after its last checkpoint) keeps its last value."""
-    written = []
-    for name in sorted(os.listdir(event_dir)):
-        if "tfevents" not in name:
-            continue
-        for record in tf.data.TFRecordDataset(os.path.join(event_dir, name)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            for value in event.summary.value:
-                if value.tag != tag:
-                    continue
-                number = (float(tf.make_ndarray(value.tensor)) if value.HasField("tensor")
-                          else value.simple_value)
-                written.append((event.wall_time, event.step, number))
-    latest = {step: number for _, step, number in sorted(written)}
-    return sorted(latest.items())
-
-
-def running_mean(series, window_steps):
-    """[(step, mean of the values logged at steps in (step - window_steps, step])]."""
-    means = []
-    for step, _ in series:
-        window = [v for s, v in series if step - window_steps < s <= step]
-        means.append((step, sum(window) / len(window)))
-    return means
-
-
-def steps_to_reach(series, target, window_steps=DEFAULT_SMOOTHING_STEPS):
-    """The first logged step, from step window_steps on (where the window is full,
-    so that the first few batches alone cannot count), whose running mean is at or
-    below target; None if there is none."""
-    for step, mean in running_mean(series, window_steps):
-        if step >= window_steps and mean <= target:
-            return step
-    return None
 
 
 def _read_metrics(run_dir):
@@ -167,154 +124,170 @@ def shared_stats_file(config, workdir):
     return path
 
 
-def run_ablations(base_config, workdir, ablations=ABLATIONS):
-    """Trains the baseline and each ablation under workdir. Returns {run name: run_dir}."""
+def run_dir_of(workdir, arm, seed):
+    return os.path.join(workdir, arm, f"seed{seed}")
+
+
+def run_ablations(base_config, workdir, ablations=ABLATIONS, seeds=(0,)):
+    """Trains the baseline and each ablation with each seed under workdir, a seed at a
+    time (so a table of every arm exists after the first). Returns {(arm, seed): run_dir}."""
     base_config = dataclasses.replace(
-        base_config, stats_file=shared_stats_file(base_config, workdir)
-    )
+        base_config, stats_file=shared_stats_file(base_config, workdir))
+    arms = [(BASELINE, {})] + [(a.name, a.overrides) for a in ablations]
     run_dirs = {}
-    for name, overrides in [(BASELINE, {})] + [(a.name, a.overrides) for a in ablations]:
-        run_dir = os.path.join(workdir, name)
-        started = time.perf_counter()
-        metrics = train_once(dataclasses.replace(base_config, **overrides), run_dir)
-        print(f"{name}: top-1 error {metrics['validation']['top1_error']:.4f}, top-5 {metrics['validation']['top5_error']:.4f} "
-              f"({time.perf_counter() - started:.0f} s)")
-        run_dirs[name] = run_dir
+    for seed in seeds:
+        for name, overrides in arms:
+            run_dir = run_dir_of(workdir, name, seed)
+            started = time.perf_counter()
+            config = dataclasses.replace(base_config, seed=seed, **overrides)
+            metrics = train_once(config, run_dir)
+            log_hparams(run_dir, name, config, metrics)
+            errors = _errors(metrics)
+            print(f"{name} seed {seed}: {errors['split']} top-1 error {errors['top1']:.4f}, "
+                  f"top-5 {errors['top5']:.4f} ({time.perf_counter() - started:.0f} s)")
+            run_dirs[(name, seed)] = run_dir
     return run_dirs
 
 
+# ----------------------------------------------------------------------------------
+# TensorBoard's HParams plugin.
+
+HPARAM_FIELDS = ("activation", "lrn", "overlapping_pooling", "towers", "lighting", "seed",
+                 "learning_rate", "train_steps", "batch_size")
+
+
+def log_hparams(run_dir, arm, config, metrics):
+    """The run's settings and final errors as an HParams session in run_dir/hparams."""
+    from tensorboard.plugins.hparams import api as hp
+
+    errors = _errors(metrics)
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, HPARAMS_DIR))
+    with writer.as_default():
+        hp.hparams({"arm": arm, **{name: getattr(config, name) for name in HPARAM_FIELDS}},
+                   trial_id=os.path.relpath(run_dir, os.path.dirname(os.path.dirname(run_dir))))
+        for k in (1, 5):
+            tf.summary.scalar(f"final/top{k}_error", errors[f"top{k}"], step=metrics["step"])
+    writer.close()
+
+
+def log_hparams_config(workdir):
+    """The experiment's columns for the HParams plugin, at the root of workdir."""
+    from tensorboard.plugins.hparams import api as hp
+
+    with tf.summary.create_file_writer(workdir).as_default():
+        hp.hparams_config(
+            hparams=[hp.HParam("arm")] + [hp.HParam(name) for name in HPARAM_FIELDS],
+            metrics=[hp.Metric(f"final/top{k}_error", group=HPARAMS_DIR) for k in (1, 5)])
+
+
+# ----------------------------------------------------------------------------------
+# The table.
+
+
+def _errors(metrics):
+    """The run's reported errors: the test split's with ten crops where it has them."""
+    split = "test" if "test" in metrics else "validation"
+    values = metrics[split]
+    prefix = "ten_crop_" if "ten_crop_top1_error" in values else ""
+    return {"split": split, "crops": "ten crops" if prefix else "centre crop",
+            "top1": values[f"{prefix}top1_error"], "top5": values[f"{prefix}top5_error"]}
+
+
 def _percent(error):
-    return round(100.0 * error, 2)
+    return 100.0 * error
 
 
-def _error_row(ablation, measure, ours, theirs, paper_reports="", paper_difference=None):
-    return dict(
-        pair=ablation.pair, changed_setting=ablation.changed_setting, measure=measure,
-        with_paper_choice=ours, with_change=theirs, difference=round(ours - theirs, 2),
-        paper_reports=paper_reports, paper_difference=paper_difference,
-    )
+def arm_statistics(values):
+    """(mean, sample standard deviation or 0 for one value, count)."""
+    return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0,
+            len(values))
 
 
-def _training_speed_rows(ablation, run_dirs, target_error, smoothing_steps):
-    """Steps to the target training error, and the training error the budget ended at
-    (which still says something when a run never reaches the target)."""
-    names = (BASELINE, ablation.name)
-    series = [read_scalars(os.path.join(run_dirs[n], "train"), "top1_error") for n in names]
-    steps = [steps_to_reach(s, target_error, smoothing_steps) for s in series]
-    final = [_percent(running_mean(s, smoothing_steps)[-1][1]) for s in series]
-    reached = None not in steps
-    return [
-        dict(
-            pair=ablation.pair, changed_setting=ablation.changed_setting,
-            measure=f"training steps to {100 * target_error:g}% training error "
-                    f"(running mean of {smoothing_steps} steps)",
-            with_paper_choice=steps[0], with_change=steps[1],
-            steps_trained=[_read_metrics(run_dirs[n])["step"] for n in names],
-            difference=steps[0] - steps[1] if reached else None,
-            ratio=steps[1] / steps[0] if reached else None,
-            paper_reports=ablation.paper_text, paper_ratio=PAPER_RELU_SPEEDUP,
-        ),
-        _error_row(ablation, f"training top-1 error at the last step (%, running mean of "
-                   f"{smoothing_steps} steps)", *final),
-    ]
+def compare(ours, theirs):
+    """The difference of two arms' means, its standard error, and whether it exceeds
+    SIGNIFICANT_STANDARD_ERRORS of them (never with fewer than two seeds each)."""
+    (m1, s1, n1), (m2, s2, n2) = arm_statistics(ours), arm_statistics(theirs)
+    standard_error = math.sqrt(s1 * s1 / n1 + s2 * s2 / n2)
+    exceeds = (n1 > 1 and n2 > 1
+               and abs(m1 - m2) > SIGNIFICANT_STANDARD_ERRORS * standard_error)
+    return m1 - m2, standard_error, exceeds
 
 
-def table_rows(run_dirs, ablations, target_error, smoothing_steps):
-    """The table as a list of dicts; errors and their differences in percent,
-    differences as the paper's choice minus the changed setting."""
-    baseline = _read_metrics(run_dirs[BASELINE])
+def table_rows(run_dirs, ablations, seeds):
+    """One row per pair and measure; errors in percent."""
+    def errors(arm, k):
+        return [_percent(_errors(_read_metrics(run_dirs[(arm, s)]))[f"top{k}"]) for s in seeds]
+
+    first = _errors(_read_metrics(run_dirs[(BASELINE, seeds[0])]))
     rows = []
     for ablation in ablations:
-        if ablation.by_training_steps:
-            rows += _training_speed_rows(ablation, run_dirs, target_error, smoothing_steps)
-            continue
-        changed = _read_metrics(run_dirs[ablation.name])
         for k, paper in ((1, ablation.paper_top1), (5, ablation.paper_top5)):
-            rows.append(_error_row(
-                ablation, f"validation top-{k} error (%)", _percent(baseline["validation"][f"top{k}_error"]),
-                _percent(changed["validation"][f"top{k}_error"]), ablation.paper_text if k == 1 else "", paper,
-            ))
+            ours, theirs = errors(BASELINE, k), errors(ablation.name, k)
+            difference, standard_error, exceeds = compare(ours, theirs)
+            rows.append(dict(
+                pair=ablation.pair, changed_setting=ablation.changed_setting,
+                measure=f"{first['split']} top-{k} error (%, {first['crops']})",
+                paper_choice=arm_statistics(ours), changed=arm_statistics(theirs),
+                paper_choice_runs=ours, changed_runs=theirs,
+                difference=difference, standard_error=standard_error, exceeds_spread=exceeds,
+                paper_reports=ablation.paper_text if k == 1 else "", paper_difference=paper))
     return rows
-
-
-def _steps_cell(steps, trained):
-    return f"not reached in {trained}" if steps is None else str(steps)
-
-
-def _difference_cell(row):
-    if "ratio" not in row:
-        return f"{row['difference']:+.2f}"
-    if row["difference"] is not None:
-        return f"{row['difference']:+d} steps (changed needs {row['ratio']:.2f}x)"
-    ours, theirs = row["with_paper_choice"], row["with_change"]
-    trained_ours, trained_theirs = row["steps_trained"]
-    # A run that never got there would have needed more than the steps it trained.
-    if ours is not None:
-        return (f"below {ours - trained_theirs:+d} steps (changed needs over "
-                f"{trained_theirs / ours:.2f}x)")
-    if theirs is not None:
-        return f"above {trained_ours - theirs:+d} steps"
-    return "neither reached it"
 
 
 def format_markdown(rows, budget):
     lines = [
         budget, "",
-        "| pair | measure | paper's choice | changed | difference (paper's choice - changed) "
-        "| paper reports |",
-        "|---|---|---|---|---|---|",
+        "| pair | measure | paper's choice, mean ± sd | changed, mean ± sd | difference "
+        "(paper's choice - changed) ± its standard error | beyond the seeds' spread? | "
+        "paper reports |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if "ratio" in row:
-            ours = _steps_cell(row["with_paper_choice"], row["steps_trained"][0])
-            theirs = _steps_cell(row["with_change"], row["steps_trained"][1])
-        else:
-            ours, theirs = f"{row['with_paper_choice']:.2f}", f"{row['with_change']:.2f}"
-        lines.append(f"| {row['pair']} ({row['changed_setting']}) | {row['measure']} | {ours} "
-                     f"| {theirs} | {_difference_cell(row)} | {row['paper_reports']} |")
+        (m1, s1, _), (m2, s2, _) = row["paper_choice"], row["changed"]
+        lines.append(
+            f"| {row['pair']} ({row['changed_setting']}) | {row['measure']} | "
+            f"{m1:.2f} ± {s1:.2f} | {m2:.2f} ± {s2:.2f} | {row['difference']:+.2f} ± "
+            f"{row['standard_error']:.2f} | {'yes' if row['exceeds_spread'] else 'no'} | "
+            f"{row['paper_reports']} |")
     return "\n".join(lines) + "\n"
 
 
-def describe_budget(base_config, run_dirs):
-    baseline = _read_metrics(run_dirs[BASELINE])
+def describe_budget(base_config, run_dirs, seeds):
+    baseline = _read_metrics(run_dirs[(BASELINE, seeds[0])])
+    errors = _errors(baseline)
     return (
-        f"Budget per run: {base_config.epochs} epoch{'s' * (base_config.epochs != 1)} at batch "
-        f"{base_config.batch_size} "
-        f"({baseline['step']} steps), centre-crop evaluation of {baseline['validation']['examples']} "
-        f"validation images, seed {base_config.seed}; model_size={base_config.model_size}. "
-        "Errors in percent; differences are the paper's choice minus the changed setting."
+        f"Per run: the {os.path.basename(DEFAULT_RECIPE)} recipe, {baseline['step']} steps at "
+        f"batch {base_config.batch_size}, the schedule deciding on the validation split; "
+        f"errors on the {errors['split']} split ({baseline[errors['split']]['examples']} "
+        f"images, {errors['crops']}); seeds {', '.join(str(s) for s in seeds)}; "
+        f"model_size={base_config.model_size}. Errors in percent, mean ± sample standard "
+        "deviation over the seeds; a difference is beyond the seeds' spread when it exceeds "
+        f"{SIGNIFICANT_STANDARD_ERRORS:g} standard errors."
     )
 
 
 def write_table(rows, budget, output):
     """Writes the Markdown table to output and the rows as JSON beside it."""
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     markdown = format_markdown(rows, budget)
-    with open(output, "w") as f:
-        f.write(markdown)
-    with open(os.path.splitext(output)[0] + ".json", "w") as f:
-        json.dump({"budget": budget, "rows": rows}, f, indent=2)
+    files.write_text_atomically(output, markdown)
+    files.write_text_atomically(os.path.splitext(output)[0] + ".json",
+                                json.dumps({"budget": budget, "rows": rows}, indent=2))
     return markdown
 
 
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("data_dir", None, "The image folder (train/ and val/).", required=True)
+    flags.DEFINE_string("data_dir", None, "The image folder (train/, val/, test/).",
+                        required=True)
     flags.DEFINE_string("workdir", None, "One model directory per run goes here; rerunning "
                         "skips finished runs and resumes the others.", required=True)
     flags.DEFINE_string("output", None, "The table as Markdown (and JSON beside it, .json). "
                         "Default: WORKDIR/table.md.")
     flags.DEFINE_string("recipe", DEFAULT_RECIPE, "The training flagfile every run starts from.")
     flags.DEFINE_list("ablations", [a.name for a in ABLATIONS], "Which changed settings to run.")
-    flags.DEFINE_integer("epochs", 1, "Epochs per run.")
-    flags.DEFINE_integer("steps_per_epoch", 0, "0: the whole training split each epoch.")
-    flags.DEFINE_integer("log_every_steps", 1, "Training error is logged every N steps.")
-    flags.DEFINE_integer("smoothing_steps", DEFAULT_SMOOTHING_STEPS,
-                         "Running-mean window of the training error, in steps.")
-    flags.DEFINE_float("target_error", PAPER_TARGET_TRAINING_ERROR,
-                       "The training error whose first crossing is counted (Figure 1).")
-    flags.DEFINE_integer("seed", 0, "Seed of every run.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "The seeds of every arm.")
+    flags.DEFINE_integer("train_steps", 0, "Steps per run (0: the recipe's budget).")
 
 
 def main(argv):
@@ -326,23 +299,24 @@ def main(argv):
     unknown = [name for name in values.ablations if name not in ABLATIONS_BY_NAME]
     if unknown:
         sys.exit(f"error: unknown --ablations {unknown}; known: {list(ABLATIONS_BY_NAME)}.")
-    for name in ("epochs", "log_every_steps", "smoothing_steps"):
-        if values[name].value < 1:
-            sys.exit(f"error: --{name}={values[name].value} must be at least 1.")
     ablations = [ABLATIONS_BY_NAME[name] for name in values.ablations]
     started = time.perf_counter()
     try:
-        base_config = config_from_flagfile(
-            values.recipe, data_dir=values.data_dir, epochs=values.epochs,
-            steps_per_epoch=values.steps_per_epoch, log_every_steps=values.log_every_steps,
-            seed=values.seed, eval_ten_crop=False, export=False,
-        )
-        run_dirs = run_ablations(base_config, values.workdir, ablations)
+        seeds = [int(seed) for seed in values.seeds]
+        overrides = dict(data_dir=values.data_dir, export=False, eval_ten_crop=True)
+        if values.train_steps:
+            overrides["train_steps"] = values.train_steps
+        base_config = config_from_flagfile(values.recipe, **overrides)
+        log_hparams_config(values.workdir)
+        run_dirs = run_ablations(base_config, values.workdir, ablations, seeds)
+    except trainer.Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(75)
     except (OSError, ValueError, trainer.TrainingError) as e:
         sys.exit(f"error: {e}")
-    rows = table_rows(run_dirs, ablations, values.target_error, values.smoothing_steps)
+    rows = table_rows(run_dirs, ablations, seeds)
     output = values.output or os.path.join(values.workdir, "table.md")
-    print(write_table(rows, describe_budget(base_config, run_dirs), output))
+    print(write_table(rows, describe_budget(base_config, run_dirs, seeds), output))
     print(f"Wrote {output} and its .json; {time.perf_counter() - started:.0f} s in all.")
 
 

@@ -14,7 +14,7 @@ import os
 
 from absl import flags as absl_flags
 
-from alexnet_tf import distribute, optim, preprocessing
+from alexnet_tf import distribute, ops, optim, preprocessing
 from alexnet_tf import model as model_lib
 
 # What may differ between a run and the run it resumes (`check_resumable`):
@@ -76,6 +76,44 @@ class TrainConfig:
                           architecture=True)
     dropout_rate: float = setting(model_lib.PAPER_DROPOUT_RATE, "Dropout of fc6 and fc7.",
                                   minimum=0.0, below=1.0)
+    weight_init: str = setting(
+        "", "paper: N(0, 0.01) weights (Section 5); scaled: the paper's gain per layer at "
+        "other widths; lecun: N(0, 1/fan-in). Empty: lecun for tanh, else the size's "
+        "(paper for the paper's net, scaled for the small one).",
+        choices=("",) + model_lib.WEIGHT_INITS, architecture=True)
+    conv1_padding: str = setting(
+        "", "overhang: the authors' code (224 -> 55, the last windows hang over the edge); "
+        "valid: Caffe's (227 -> 55); same. Empty: the size's.",
+        choices=("",) + model_lib.CONV1_PADDINGS, architecture=True)
+    lrn_depth_radius: int = setting(ops.PAPER_LRN_DEPTH_RADIUS, "LRN window radius: n = 2r + 1 "
+                                    "maps (Section 3.3: n = 5).", minimum=0, architecture=True)
+    lrn_bias: float = setting(ops.PAPER_LRN_BIAS, "LRN k (Section 3.3: 2).", architecture=True)
+    lrn_alpha: float = setting(ops.PAPER_LRN_ALPHA, "LRN alpha (Section 3.3: 1e-4).",
+                               minimum=0.0, architecture=True)
+    lrn_beta: float = setting(ops.PAPER_LRN_BETA, "LRN beta (Section 3.3: 0.75).", minimum=0.0,
+                              architecture=True)
+    lrn_alpha_convention: str = setting(
+        ops.LRN_PAPER_TEXT, "paper_text: alpha multiplies the window's sum of squares, as the "
+        "paper writes; authors_code: alpha / n does, as cuda-convnet, Caffe and PyTorch "
+        "compute it.", choices=ops.LRN_ALPHA_CONVENTIONS, architecture=True)
+    lrn_across_towers: bool = setting(
+        False, "LRN windows cross the towers' boundary (Caffe's bvlc_alexnet); by default "
+        "each tower normalizes its own maps, as the authors' two GPUs did.", architecture=True)
+    pooling_rule: str = setting(
+        "floor", "How many outputs a pooling layer has: floor, (size - 3) // 2 + 1; ceil, "
+        "cuda-convnet's and Caffe's, whose last window may hang over the edge.",
+        choices=model_lib.POOLING_RULES, architecture=True)
+    # Starting from another model's weights (fine-tuning).
+    init_from: str = setting(
+        "", "A model directory (trained here, or written by alexnet_tf.import_caffe) whose "
+        "weights start this run: every layer but fc8, which is new for this run's classes "
+        "(initialized as the paper's). Its network settings are taken unless given.")
+    train_layers: tuple = setting(
+        (), "The layers that learn, e.g. fc8 or fc6,fc7,fc8; the others keep their weights. "
+        "Empty: all.")
+    keep_source_mean: bool = setting(
+        False, "With --init_from: use that model's dataset statistics (its mean image and "
+        "RGB principal components) rather than computing this dataset's.")
     # Placement and precision: the same weights train the same way on any of them.
     strategy: str = setting(
         distribute.AUTO, "towers: the paper's two towers of one network on two devices (model "
@@ -121,6 +159,10 @@ class TrainConfig:
                               "MODEL_DIR.")
     stats_examples: int = setting(0, "Compute the statistics over a random subset of this "
                                   "many training images (0: all).", minimum=0)
+    cache_images_mb: int = setting(
+        1024, "An image folder's training images are decoded once and kept in memory if "
+        "they take at most this many MB decoded (0: read and decode them every epoch). "
+        "The run is the same either way.", minimum=0, on_resume=CHANGEABLE)
     # Learning.
     batch_size: int = setting(128, "Section 5.", minimum=1)
     epochs: int = setting(90, "Section 5: roughly 90 cycles through the training set. "
@@ -191,6 +233,13 @@ class TrainConfig:
 
 
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
+# The fields that shape the network's weights and what its inputs are: a run that
+# starts from another model's weights (--init_from) takes them from it.
+NETWORK_FIELDS = ("model_size", "towers", "activation", "lrn", "overlapping_pooling", "conv6",
+                  "image_size", "crop_size", "conv1_padding", "lrn_depth_radius", "lrn_bias",
+                  "lrn_alpha", "lrn_beta", "lrn_alpha_convention", "lrn_across_towers",
+                  "pooling_rule")
+LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
 ARCHITECTURE_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["architecture"])
 CHANGEABLE_ON_RESUME = tuple(name for name, f in FIELDS.items()
                              if f.metadata["on_resume"] == CHANGEABLE)
@@ -317,13 +366,27 @@ def validate(config, tf_config=None):
     if not config.data_dir:
         what = "the TFDS data directory" if config.dataset == "imagenet2012" else "the images"
         errors.append(f"--dataset={config.dataset} needs --data_dir ({what}).")
+    if config.lrn_bias <= 0:
+        errors.append(f"--lrn_bias={config.lrn_bias} must be above 0.")
     if config.crop_size > config.image_size:
         errors.append(f"--crop_size={config.crop_size} is larger than "
                       f"--image_size={config.image_size}.")
+    unknown = [name for name in config.train_layers if name not in LAYERS]
+    if unknown:
+        errors.append(f"--train_layers names {', '.join(unknown)}; the layers are "
+                      f"{', '.join(LAYERS)}.")
+    if config.keep_source_mean and not config.init_from:
+        errors.append("--keep_source_mean needs --init_from (the model whose mean to keep).")
     if config.tower_devices and len(config.tower_devices) != config.towers:
         errors.append(f"--tower_devices names {len(config.tower_devices)} devices for "
                       f"--towers={config.towers}.")
     return errors
+
+
+def network_differences(source, config):
+    """Messages for each network setting in which config differs from source's."""
+    return [f"--{name}: {getattr(source, name)!r} in the source, {getattr(config, name)!r} now"
+            for name in NETWORK_FIELDS if getattr(source, name) != getattr(config, name)]
 
 
 def check_resumable(previous, current):

@@ -69,9 +69,14 @@ class Source:
     dct_method: str = preprocessing.DEFAULT_DCT_METHOD
     num_test_examples: int = 0
     encoded_test: tf.data.Dataset = None
+    seed: int = 0
+    # max_bytes -> the training examples decoded into a filled tf.data cache, in file
+    # order, or None if they would not fit (see with_training_images_in_memory).
+    memory_cache: typing.Callable[[int], tf.data.Dataset] = None
 
     def train_for_epoch(self, epoch):
-        """Encoded training examples, shuffled by (seed, epoch) only."""
+        """Training examples, shuffled by (seed, epoch) only: encoded, or decoded once
+        kept in memory (`with_training_images_in_memory`)."""
         return self.epoch_train(epoch)
 
     @property
@@ -109,6 +114,25 @@ class Source:
     def corrupt_count(self):
         """How many examples have been dropped so far because their image would not decode."""
         return self.corrupt_counter.count()
+
+    def with_training_images_in_memory(self, max_bytes):
+        """This source with its training images decoded once and kept in memory, when
+        they fit in max_bytes (estimated from a sample); else this source.
+
+        `train_for_epoch` then yields decoded images in the same order as before, which
+        the training pipeline crops exactly as it crops their files (a PNG's crop comes
+        from its decoded pixels either way), so a run is the same with or without it;
+        only an undecodable file, dropped once here rather than in every epoch, changes
+        the order. Image folders only: TFDS datasets are read as they are.
+        """
+        if self.memory_cache is None or max_bytes <= 0:
+            return self
+        decoded = self.memory_cache(max_bytes)
+        if decoded is None:
+            return self
+        count, seed = self.num_train_examples, self.seed
+        return dataclasses.replace(self, epoch_train=lambda epoch: decoded.shuffle(
+            count, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False))
 
 
 def load_source(dataset, data_dir, manual_dir=None, val_fraction=0.0, seed=0):
@@ -324,6 +348,8 @@ def _load_image_folder(data_dir, val_fraction, seed):
     else:
         validation = ([], [])
     test = _scan_split(test_dir, class_index) if tf.io.gfile.isdir(test_dir) else ([], [])
+    counter = corrupt_images.CorruptImageCounter(
+        explain=lambda example_id: _file_failure(data_dir, example_id))
     return Source(
         name=IMAGE_FOLDER,
         class_names=class_names,
@@ -336,9 +362,36 @@ def _load_image_folder(data_dir, val_fraction, seed):
         ),
         encoded_validation=_file_examples(*validation, data_dir),
         encoded_test=_file_examples(*test, data_dir),
-        corrupt_counter=corrupt_images.CorruptImageCounter(
-            explain=lambda example_id: _file_failure(data_dir, example_id)),
+        corrupt_counter=counter,
+        seed=seed,
+        memory_cache=lambda max_bytes: _decoded_in_memory(train, data_dir, counter, max_bytes),
     )
+
+
+# Files decoded to estimate the decoded size of an image folder's training split.
+_SIZE_SAMPLE = 64
+
+
+def _decoded_in_memory(split, root, counter, max_bytes):
+    """The split's examples decoded, in file order, in a filled in-memory tf.data cache;
+    None if their decoded size, estimated from a sample of files, exceeds max_bytes."""
+    paths, labels = split
+    if not paths:
+        return None
+    sample = paths[:: max(1, len(paths) // _SIZE_SAMPLE)][:_SIZE_SAMPLE]
+    sizes = []
+    for path in sample:
+        try:
+            sizes.append(int(np.prod(preprocessing.decode_image(tf.io.read_file(path)).shape)))
+        except tf.errors.OpError:
+            pass
+    if not sizes or np.mean(sizes) * len(paths) > max_bytes:
+        return None
+    decoded = corrupt_images.decode_examples(_file_examples(paths, labels, root), counter).cache()
+    for _ in tqdm(decoded, total=len(paths), desc="training images into memory", unit="img",
+                  mininterval=1.0):
+        pass
+    return decoded
 
 
 def _file_failure(root, example_id):

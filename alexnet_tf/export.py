@@ -165,10 +165,13 @@ def check_output(export_dir, overwrite):
 
 
 def export_saved_model(model_config, num_classes, weights, stats, class_names, export_dir,
-                       ten_crop=False, keep_custom_op=False, replace=False):
+                       ten_crop=False, keep_custom_op=False, replace=False,
+                       class_descriptions=None):
     """Writes the SavedModel of a network with `weights` (from the same builder and
-    config) to export_dir. An existing export_dir is replaced only if it is an earlier
-    export of this module and `replace` is set (see `check_output`). Returns export_dir.
+    config) to export_dir. Its `top5_class_names` are the class_descriptions where
+    given (words for ImageNet's synset ids), else the class names; the names are kept
+    in INFO_FILE. An existing export_dir is replaced only if it is an earlier export of
+    this module and `replace` is set (see `check_output`). Returns export_dir.
     """
     check_output(export_dir, replace)
     network = model_dir.create_model(
@@ -179,8 +182,8 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
         dropout_rate=model_config.dropout_rate,
     )
     network.set_weights([np.asarray(w, np.float32) for w in weights])
-    module = ServingModule(network, stats.mean_image, class_names, model_config.crop_size,
-                           ten_crop)
+    module = ServingModule(network, stats.mean_image, class_descriptions or class_names,
+                           model_config.crop_size, ten_crop)
     with files.staged_directory(export_dir, lambda path: check_output(path, replace)) as staging:
         tf.saved_model.save(
             module, staging,
@@ -192,7 +195,8 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
         with open(os.path.join(staging, INFO_FILE), "w") as f:
             json.dump({"num_classes": num_classes, "image_size": model_config.image_size,
                        "crop_size": model_config.crop_size, "ten_crop": ten_crop,
-                       "standard_ops_only": not keep_custom_op}, f, indent=2)
+                       "standard_ops_only": not keep_custom_op,
+                       "class_names": list(class_names)}, f, indent=2)
     return export_dir
 
 
@@ -208,7 +212,8 @@ def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=F
     return export_saved_model(restored.config, len(restored.class_names),
                               restored.network.get_weights(), restored.stats,
                               restored.class_names, export_dir, ten_crop=ten_crop,
-                              keep_custom_op=keep_custom_op, replace=overwrite)
+                              keep_custom_op=keep_custom_op, replace=overwrite,
+                              class_descriptions=restored.class_descriptions)
 
 
 def main(argv):

@@ -52,6 +52,8 @@ class LoadedModel:
     output dict. `config` is the training configuration (None for a SavedModel).
     `conv1_kernels` are conv1's weights, one [k, k, 3, filters] array per tower.
     `identity` names the weights: the checkpoint, or the SavedModel's directory.
+    `class_names` are what the data calls the classes (ImageNet's synset ids);
+    `class_descriptions` what a reader calls them (their words, where known).
     """
 
     path: str
@@ -62,6 +64,10 @@ class LoadedModel:
     config: object = None
     # What `serve` needs kept alive (its functions hold their module weakly).
     owner: object = None
+    class_descriptions: list = None
+
+    def __post_init__(self):
+        self.class_descriptions = self.class_descriptions or list(self.class_names)
 
     @property
     def num_classes(self):
@@ -87,14 +93,15 @@ def _load_model_dir(workdir):
     restored = model_dir.restore(workdir)
     modules = {
         mode: export.ServingModule(restored.network, restored.stats.mean_image,
-                                   restored.class_names, restored.config.crop_size,
+                                   restored.class_descriptions, restored.config.crop_size,
                                    ten_crop=mode == TEN_CROP)
         for mode in CROP_MODES
     }
     return LoadedModel(workdir, restored.class_names,
                        {mode: module.serve_encoded for mode, module in modules.items()},
                        model_lib.conv1_kernels(restored.network), restored.checkpoint,
-                       restored.config, owner=modules)
+                       restored.config, owner=modules,
+                       class_descriptions=restored.class_descriptions)
 
 
 def _load_saved_model(export_dir):
@@ -109,10 +116,11 @@ def _load_saved_model(export_dir):
     kernels = [v.numpy() for v in loaded.tf_variables
                if v.name.startswith("conv1/") and len(v.shape) == 4]
     mode = TEN_CROP if info["ten_crop"] else CENTER
+    descriptions = [n.decode() for n in loaded.class_names.numpy()]
     return LoadedModel(
-        export_dir, [n.decode() for n in loaded.class_names.numpy()],
+        export_dir, info.get("class_names", descriptions),
         {mode: lambda encoded: signature(images=encoded)}, kernels, os.path.abspath(export_dir),
-        owner=loaded)
+        owner=loaded, class_descriptions=descriptions)
 
 
 def load_model(path):

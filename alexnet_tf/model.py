@@ -890,4 +890,47 @@ def feature_model(model):
 
 def conv1_kernels(model):
     """conv1's kernels, one NumPy [k, k, 3, filters] array per tower, tower 0's first."""
-    return [w.numpy() for w in model.get_layer("conv1").trainable_weights if len(w.shape) == 4]
+    return [w.numpy() for w in model.get_layer("conv1").weights if len(w.shape) == 4]
+
+
+# Figure 1's network (Section 3.1): "a four-layer convolutional neural network" on
+# CIFAR-10. The authors' CIFAR-10 configuration in cuda-convnet
+# (example-layers/layers-18pct.cfg, without its two response-normalization layers,
+# as the figure's caption has no regularization of any kind): three 5x5 convolutions
+# with zero padding 2, of 32, 32 and 64 kernels, each followed by 3x3 pooling at
+# stride 2, max after the first and average after the others, then one fully
+# connected layer to the classes. Weights N(0, sigma) with initW 0.0001 for conv1 and
+# 0.01 for the rest, biases 0 (cuda-convnet's default initB), for either activation.
+FIGURE1_CONV_FILTERS = (32, 32, 64)
+FIGURE1_KERNEL_SIZE = 5
+FIGURE1_WEIGHT_STDDEVS = (1e-4, 0.01, 0.01, 0.01)
+
+
+def build_figure1_net(num_classes=10, *, activation="relu", input_shape=(32, 32, 3), seed=None,
+                      name="figure1_net"):
+    """Figure 1's four-layer CNN (see FIGURE1_CONV_FILTERS), mean-subtracted images to
+    logits. cuda-convnet's pooling has ceil((size - 3) / 2) + 1 outputs, the last
+    window inside the image as far as it reaches: Keras' "same" pooling, which pads
+    only the bottom and right here (32 -> 16 -> 8 -> 4), and whose average counts only
+    what is inside.
+    """
+    _check_choice("activation", activation, ACTIVATIONS)
+    seeds = itertools.count(seed or 0)
+    images = keras.Input(shape=input_shape, name="images")
+    x = images
+    pools = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
+             keras.layers.AveragePooling2D)
+    for i, (filters, pool, stddev) in enumerate(zip(FIGURE1_CONV_FILTERS, pools,
+                                                      FIGURE1_WEIGHT_STDDEVS)):
+        x = keras.layers.Conv2D(
+            filters, FIGURE1_KERNEL_SIZE, padding="same", activation=activation,
+            kernel_initializer=keras.initializers.RandomNormal(
+                stddev=stddev, seed=None if seed is None else next(seeds)),
+            name=f"conv{i + 1}")(x)
+        x = pool(PAPER_POOL_SIZE, PAPER_POOL_STRIDE, padding="same", name=f"pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    logits = keras.layers.Dense(
+        num_classes, kernel_initializer=keras.initializers.RandomNormal(
+            stddev=FIGURE1_WEIGHT_STDDEVS[-1], seed=None if seed is None else next(seeds)),
+        name="fc")(x)
+    return keras.Model(images, logits, name=name)

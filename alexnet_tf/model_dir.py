@@ -3,6 +3,7 @@
     MODEL_DIR/config.json         the TrainConfig in effect (config.py)
     MODEL_DIR/flags.txt           the same as a flagfile that reruns the run
     MODEL_DIR/classes.json        the class names, in label order
+    MODEL_DIR/class_descriptions.json  their words, where they are more than names
     MODEL_DIR/dataset_stats.npz   the training set's mean image and RGB PCA
     MODEL_DIR/checkpoints/        ckpt-STEP.{index,data-*}; damaged ones moved to damaged/
     MODEL_DIR/metrics.json        the last evaluation, and the final report
@@ -34,6 +35,8 @@ from alexnet_tf import model as model_lib
 CONFIG_FILE = "config.json"
 FLAGS_FILE = "flags.txt"
 CLASSES_FILE = "classes.json"
+# Words for the classes, where they are more than their names (ImageNet's synset ids).
+CLASS_DESCRIPTIONS_FILE = "class_descriptions.json"
 STATS_FILE = "dataset_stats.npz"
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "damaged"
@@ -78,6 +81,12 @@ def create_model(config, num_classes, **overrides):
         conv6=config.conv6,
         dropout_rate=config.dropout_rate,
         dtype_policy=MIXED_PRECISION_POLICIES[config.mixed_precision],
+        conv1_padding=config.conv1_padding or None,
+        weight_init=config.weight_init or None,
+        lrn_settings=model_lib.LRNSettings(
+            config.lrn_depth_radius, config.lrn_bias, config.lrn_alpha, config.lrn_beta,
+            config.lrn_alpha_convention, config.lrn_across_towers),
+        pooling_rule=config.pooling_rule,
         seed=config.seed,
     )
     kwargs.update(overrides)
@@ -122,6 +131,26 @@ def load_class_names(workdir):
         raise TrainingError(f"Cannot read the class names of {workdir}: {e}") from e
 
 
+def load_class_descriptions(workdir, class_names):
+    """The classes' words (class_descriptions.json), else their names."""
+    path = os.path.join(workdir, CLASS_DESCRIPTIONS_FILE)
+    if not os.path.exists(path):
+        return list(class_names)
+    with open(path) as f:
+        descriptions = json.load(f)
+    if len(descriptions) != len(class_names):
+        raise TrainingError(f"{path} describes {len(descriptions)} classes; {workdir} has "
+                            f"{len(class_names)}.")
+    return descriptions
+
+
+def write_class_names(workdir, class_names, descriptions=None):
+    files.write_text_atomically(os.path.join(workdir, CLASSES_FILE), json.dumps(list(class_names)))
+    if descriptions is not None and list(descriptions) != list(class_names):
+        files.write_text_atomically(os.path.join(workdir, CLASS_DESCRIPTIONS_FILE),
+                                    json.dumps(list(descriptions)))
+
+
 def previous_config(workdir):
     """The config of the run a model directory holds, or None for a new directory."""
     return load_config(workdir) if os.path.exists(os.path.join(workdir, CONFIG_FILE)) else None
@@ -148,7 +177,7 @@ def write_run_record(config, class_names, workdir):
     files.write_text_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
     files.write_text_atomically(os.path.join(workdir, FLAGS_FILE),
                                 config_lib.to_flagfile(config, workdir))
-    files.write_text_atomically(os.path.join(workdir, CLASSES_FILE), json.dumps(list(class_names)))
+    write_class_names(workdir, class_names)
 
 
 def write_metrics(workdir, metrics):
@@ -299,6 +328,7 @@ class Restored:
     class_names: list
     stats: dataset_stats.DatasetStats
     checkpoint: str
+    class_descriptions: list
 
 
 def restore(workdir, log=print):
@@ -319,7 +349,8 @@ def restore(workdir, log=print):
         raise TrainingError(
             f"{latest} does not fit the network of {workdir}'s config.json and "
             f"classes.json ({len(class_names)} classes): {e}") from e
-    return Restored(config, network, class_names, load_stats(config, workdir), latest)
+    return Restored(config, network, class_names, load_stats(config, workdir), latest,
+                    load_class_descriptions(workdir, class_names))
 
 
 def is_model_dir(directory):

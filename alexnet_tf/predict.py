@@ -51,10 +51,14 @@ def predict_files(model, paths, labels=None, crop_mode=None):
     records = []
     for index, (path, p) in enumerate(zip(paths, probabilities)):
         top = np.argsort(-p, kind="stable")[:TOP_K]
+        label = true_label(path, model.class_names, labels[index] if labels else None)
         records.append({
             "path": path,
-            "label": true_label(path, model.class_names, labels[index] if labels else None),
-            "top": [(int(c), model.class_names[c], float(p[c])) for c in top],
+            "label": label,
+            "label_index": None if label is None else model.class_names.index(label),
+            "label_description": None if label is None else model.class_descriptions[
+                model.class_names.index(label)],
+            "top": [(int(c), model.class_descriptions[c], float(p[c])) for c in top],
             "probabilities": p,
         })
     return records, encoded
@@ -77,11 +81,12 @@ def draw_predictions(records, encoded, path):
         picture.set_xticks([])
         picture.set_yticks([])
         picture.set_title(os.path.basename(record["path"]), fontsize=8)
-        picture.set_xlabel(f"true: {record['label']}" if record["label"] else "", fontsize=9)
+        picture.set_xlabel(f"true: {record['label_description']}" if record["label"] else "",
+                           fontsize=9)
         bars = figure.add_subplot(grid[row, 1])
         names = [name for _, name, _ in record["top"]]
         bars.barh(range(len(names)), [p for _, _, p in record["top"]],
-                  color=[colours[name == record["label"]] for name in names])
+                  color=[colours[c == record["label_index"]] for c, _, _ in record["top"]])
         bars.set_yticks(range(len(names)), names, fontsize=8)
         bars.invert_yaxis()
         bars.set_xlim(0, 1)
@@ -96,8 +101,8 @@ def format_predictions(records):
     lines = []
     for record in records:
         lines.append(record["path"] + (f" (true: {record['label']})" if record["label"] else ""))
-        for rank, (_, name, p) in enumerate(record["top"], 1):
-            mark = "  <- true" if name == record["label"] else ""
+        for rank, (c, name, p) in enumerate(record["top"], 1):
+            mark = "  <- true" if c == record["label_index"] else ""
             lines.append(f"  {rank}. {name}  {p:.4f}{mark}")
     return "\n".join(lines)
 

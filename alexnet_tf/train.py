@@ -12,26 +12,47 @@ error, with a one-line message; 75 (EX_TEMPFAIL) when SIGTERM or Ctrl-C stopped 
 after saving a checkpoint: the run is resumable by rerunning the same command.
 """
 
+import dataclasses
 import os
 import sys
 
 # Reuse large CPU buffers instead of mapping fresh pages for every tensor
 # (see BENCHMARKS.md); must be set before TensorFlow starts.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+# TensorFlow's C++ log from warnings on: the run's own messages say what matters.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
 
 EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, try again
 
 
+def network_of_init_source(config):
+    """With --init_from, the network settings not given on the command line (nor in a
+    flagfile) are the source model's."""
+    if not config.init_from:
+        return config
+    from alexnet_tf import model_dir
+
+    try:
+        source = model_dir.load_config(config.init_from)
+    except model_dir.TrainingError as e:
+        raise ValueError(f"--init_from: {e}") from e
+    inherited = {name: getattr(source, name) for name in config_lib.NETWORK_FIELDS
+                 if not flags.FLAGS[name].present}
+    return dataclasses.replace(config, **inherited)
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines (saving, assets)
     try:
         config, workdir = config_lib.config_from_flag_values(flags.FLAGS)
+        config = network_of_init_source(config)
     except ValueError as e:
         sys.exit(f"error: {e}")
     from alexnet_tf import distribute

@@ -64,10 +64,16 @@ def load_source(config):
 
 def load_or_compute_stats(config, source, workdir, save=True):
     """The mean image and RGB PCA of the training split: from --stats_file, else from
-    the model directory, else computed in one pass (and saved there if `save`)."""
+    the model directory, else the --init_from model's with --keep_source_mean, else
+    computed in one pass (and saved there if `save`)."""
     path = config.stats_file or os.path.join(workdir, model_dir.STATS_FILE)
     if config.stats_file or os.path.exists(path):
         return model_dir.load_stats(config, workdir)
+    if config.keep_source_mean:
+        stats = model_dir.load_stats(model_dir.load_config(config.init_from), config.init_from)
+        if save:
+            dataset_stats.save_stats(stats, path)
+        return stats
     stats = dataset_stats.compute_stats(
         source.encoded_train,
         image_size=config.image_size,
@@ -345,10 +351,14 @@ def _dropout_states(model):
 
 def _build_network(config, distribution, source):
     """The network, its optimizer and loss scale, in the strategy's scope: mirrored, one
-    copy per replica, which every replica updates alike."""
+    copy per replica, which every replica updates alike. Layers not in --train_layers
+    are frozen before the optimizer sees the variables."""
     with distribution.strategy.scope():
         model = model_dir.create_model(config, source.num_classes,
                                        tower_devices=distribution.tower_devices)
+        for name in config_lib.LAYERS:
+            if config.train_layers and name not in config.train_layers and _has_layer(model, name):
+                model.get_layer(name).trainable = False
         optimizer = optim.PaperMomentumSGD(
             model.trainable_variables, momentum=config.momentum,
             weight_decay=config.weight_decay, decay_biases=config.decay_biases,
@@ -360,16 +370,49 @@ def _build_network(config, distribution, source):
     return model, optimizer, loss_scale
 
 
+def _has_layer(model, name):
+    return any(layer.name == name for layer in model.layers)
+
+
+def check_init_source(config, source):
+    """Refuses an --init_from model whose network differs from this run's."""
+    if not config.init_from:
+        return
+    init = model_dir.load_config(config.init_from)
+    differences = config_lib.network_differences(init, config)
+    if differences:
+        raise TrainingError(
+            f"--init_from={config.init_from} is another network ({'; '.join(differences)}); "
+            "leave those settings out to take the source's.")
+    del source
+
+
+def init_from_source(config, model):
+    """Copies every layer's weights but fc8's from the --init_from model directory."""
+    restored = model_dir.restore(config.init_from)
+    copied = []
+    for layer in model.layers:
+        if not layer.weights or layer.name == "fc8":
+            continue
+        for target, value in zip(layer.weights, restored.network.get_layer(layer.name).weights):
+            target.assign(value)
+        copied.append(layer.name)
+    print(f"Initialized from {restored.checkpoint}: {', '.join(copied)}; fc8 new for "
+          f"{model.get_layer('fc8').weights[0].shape[-1]} classes.")
+
+
 def _restore(state, checkpoint_dir, chief):
     """Restores the newest intact checkpoint into `state`; returns its path or None."""
     latest = model_dir.newest_intact_checkpoint(checkpoint_dir, set_damaged_aside=chief)
     if latest is None:
         return None
-    # A checkpoint written before float16 (or before the dropout states were saved)
-    # lacks those objects: they start afresh.
+    # A checkpoint written before float16 (or before the dropout states were saved), or
+    # by alexnet_tf.import_caffe (the weights alone), lacks some objects: they start
+    # afresh.
     saved = {name.split("/")[0] for name, _ in tf.train.list_variables(latest)}
-    restored = {name: value for name, value in state.items()
-                if name in saved or name not in ("loss_scale", "dropout")}
+    if "model" not in saved:
+        raise TrainingError(f"{latest} holds no network weights.")
+    restored = {name: value for name, value in state.items() if name in saved}
     tf.train.Checkpoint(**restored).restore(latest).assert_existing_objects_matched()
     return latest
 
@@ -380,6 +423,7 @@ def start_run(config, workdir, distribution, source, changed):
     if chief:
         model_dir.write_run_record(config, source.class_names, workdir)
     stats = load_or_compute_stats(config, source, workdir, save=chief)
+    source = source.with_training_images_in_memory(config.cache_images_mb << 20)
     model, optimizer, loss_scale = _build_network(config, distribution, source)
     schedule = create_schedule(config)
     step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -390,6 +434,8 @@ def start_run(config, workdir, distribution, source, changed):
     checkpoint = tf.train.Checkpoint(**state)
     checkpoint_dir = os.path.join(workdir, model_dir.CHECKPOINT_DIR)
     latest = _restore(state, checkpoint_dir, chief)
+    if latest is None and config.init_from:
+        init_from_source(config, model)
     # After the restore, which gives every replica replica 0's dropout state.
     distribute.decorrelate_dropout(model, distribution.strategy)
     manager = tf.train.CheckpointManager(
@@ -686,6 +732,7 @@ def train_and_evaluate(config, workdir):
     check_devices(config, distribution)
     source = load_source(config)
     changed = check_data(config, workdir, source)
+    check_init_source(config, source)
     model_dir.check_writable(workdir)
     lock = model_dir.Lock(workdir) if distribution.is_chief else contextlib.nullcontext()
     with lock, _StopRequest() as stop:

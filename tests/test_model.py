@@ -502,3 +502,38 @@ def test_bad_arguments_raise_value_error_naming_the_value(kwargs, message):
 def test_paper_size_rejects_a_small_input():
     with pytest.raises(ValueError, match=r"\(32, 32, 3\)"):
         build_alexnet(input_shape=(32, 32, 3))
+
+
+def _logit_spread_across_images(model, images):
+    """The standard deviation of each logit across images, over the mean absolute logit:
+    how much the logits depend on the image, as a fraction of their size."""
+    logits = model(images, training=False).numpy().astype(np.float64)
+    return logits.std(axis=0).mean() / (np.abs(logits).mean() + 1e-12)
+
+
+@pytest.mark.parametrize("size, shape", [("small", (32, 32, 3)), ("paper", (224, 224, 3))])
+def test_a_tanh_network_is_initialized_for_tanh(size, shape):
+    # Mean-subtracted pixels: images of 0..255 less their mean, about 60 apart.
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(0.0, 60.0, (8,) + shape).astype(np.float32))
+    tanh = build_alexnet(10, size=size, activation="tanh", seed=0)
+    # No bias of 1 anywhere: those are for ReLUs (Section 5).
+    for layer_name in BIAS_ONE:
+        for bias in _biases(tanh, layer_name):
+            np.testing.assert_array_equal(bias.value.numpy(), 0.0)
+    # conv1's units are not saturated, and the logits depend on the image: their
+    # spread across these images is 0.2 (small) and 0.06 (paper) of their size.
+    conv1 = keras.Model(tanh.inputs, tanh.get_layer("conv1").output)(images).numpy()
+    assert np.mean(np.abs(conv1) > 0.99) < 0.05
+    assert _logit_spread_across_images(tanh, images) > 0.02
+
+    # The ReLU net's initialization (its weights, biases of 1) on tanh units and raw
+    # pixels: every biased unit sits near tanh(1), and the variation across images
+    # dies out before the logits (1e-5 of their size).
+    relu_init = build_alexnet(10, size=size, activation="tanh", seed=0,
+                              weight_init=alexnet_model.SIZES[size].weight_init)
+    for layer_name in BIAS_ONE:
+        for bias in _biases(relu_init, layer_name):
+            bias.assign(np.ones(bias.shape, np.float32))
+    raw_pixels = images / alexnet_model.TANH_INPUT_SCALE  # undoes the net's input scale
+    assert _logit_spread_across_images(relu_init, raw_pixels) < 1e-3
