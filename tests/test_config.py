@@ -90,3 +90,24 @@ def test_the_resume_rule_splits_changeable_from_fixed_settings():
     assert [line.split(":")[0] for line in refused] == ["--towers", "--seed"]
     assert set(config_lib.ARCHITECTURE_FIELDS) <= set(config_lib.FIELDS) - set(
         config_lib.CHANGEABLE_ON_RESUME)
+
+
+def test_the_network_flags_reach_the_builder():
+    from alexnet_tf import model_dir
+
+    config = dataclasses.replace(
+        config_lib.TrainConfig(), model_size="small", crop_size=32, image_size=36,
+        conv1_padding="valid", weight_init="paper", lrn_depth_radius=1, lrn_bias=1.5,
+        lrn_alpha=2e-4, lrn_beta=0.5, lrn_alpha_convention="authors_code",
+        pooling_rule="ceil")
+    model = model_dir.create_model(config, 10, tower_devices=(None, None))
+    lrn = model.get_layer("lrn2").stacks[0][0]
+    assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta, lrn.alpha_convention) == (
+        1, 1.5, 2e-4, 0.5, "authors_code")
+    assert model.get_layer("conv1").output.shape[1] == 28  # 32 - 5 + 1: no padding
+    assert type(model.get_layer("pool1").stacks[0][0]).__name__ == "CeilMaxPooling2D"
+    kernel = model.get_layer("conv3").stacks[0][0].kernel.numpy()
+    assert abs(kernel.std() - 0.01) < 0.001  # "paper": N(0, 0.01) at any width
+    tanh = model_dir.create_model(dataclasses.replace(config, activation="tanh", weight_init=""),
+                                  10, tower_devices=(None, None))
+    assert tanh.get_layer("input_scale").scale == pytest.approx(1 / 64)

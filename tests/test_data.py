@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import ilsvrc_fixture as fx
 from alexnet_tf import data
@@ -370,3 +371,24 @@ def test_epoch_order_depends_only_on_seed_and_epoch(tmp_path):
     assert epoch_ids(first, 3) == epoch_ids(first, 3) == epoch_ids(resumed, 3)
     assert sorted(epoch_ids(first, 3)) == sorted(epoch_ids(first, 4))
     assert epoch_ids(first, 3) != epoch_ids(first, 4)
+
+
+def test_training_images_in_memory_give_the_same_batches_as_their_files(tmp_path):
+    from alexnet_tf import input_pipeline as pipeline
+
+    data.ensure_synthetic(str(tmp_path))
+    source = data.load_source("image_folder", str(tmp_path), seed=3)
+    cached = source.with_training_images_in_memory(64 << 20)
+    assert cached is not source
+    assert source.with_training_images_in_memory(1000) is source  # 96 images of 48x48x3 do not fit
+    stats = dataset_stats.compute_stats(source.encoded_train, image_size=36)
+    for epoch in (0, 1):
+        batches = [list(pipeline.make_train_dataset(
+            s.train_for_epoch(epoch), stats, 16, 36, 32, seed=epoch, num_epochs=1,
+            corrupt_counter=s.corrupt_counter).as_numpy_iterator()) for s in (source, cached)]
+        assert len(batches[0]) == len(batches[1]) == 6
+        for (images, labels), (cached_images, cached_labels) in zip(*batches):
+            np.testing.assert_array_equal(labels, cached_labels)
+            np.testing.assert_array_equal(images, cached_images)
+    first = next(iter(cached.train_for_epoch(0)))
+    assert first["image"].dtype == tf.uint8 and first["image"].shape == (48, 48, 3)

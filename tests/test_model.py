@@ -537,3 +537,38 @@ def test_a_tanh_network_is_initialized_for_tanh(size, shape):
             bias.assign(np.ones(bias.shape, np.float32))
     raw_pixels = images / alexnet_model.TANH_INPUT_SCALE  # undoes the net's input scale
     assert _logit_spread_across_images(relu_init, raw_pixels) < 1e-3
+
+
+def test_ceil_pooling_keeps_the_last_window_that_hangs_over_the_edge():
+    # 6 -> ceil((6 - 3) / 2) + 1 = 3 outputs, the last window over rows 4, 5 (and 6).
+    x = tf.reshape(tf.range(36, dtype=tf.float32), [1, 6, 6, 1]) * tf.constant(
+        [1.0, -1.0], shape=[1, 1, 1, 2])
+    pooled = alexnet_model.CeilMaxPooling2D(3, 2)(x).numpy()
+    image = np.arange(36, dtype=np.float64).reshape(6, 6)
+    for channel, sign in ((0, 1.0), (1, -1.0)):
+        expected = [[(sign * image[r:r + 3, c:c + 3]).max() for c in (0, 2, 4)] for r in (0, 2, 4)]
+        np.testing.assert_array_equal(pooled[0, :, :, channel], expected)
+    assert keras.layers.MaxPooling2D(3, 2)(x).shape[1] == 2  # floor: the window is dropped
+    model = build_alexnet(**SMALL, pooling_rule="ceil")
+    assert tuple(model.get_layer("pool1").output[0].shape[1:3]) == (16, 16)  # 32 -> 16
+
+
+def test_lrn_across_towers_normalizes_both_towers_maps_together():
+    settings = alexnet_model.LRNSettings(bias=1.0, alpha_convention="authors_code",
+                                         across_towers=True)
+    model = build_alexnet(**SMALL, lrn_settings=settings, seed=0)
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(0, 50, (2, 32, 32, 3)).astype(np.float32))
+    conv1 = keras.Model(model.inputs, model.get_layer("conv1").output)(images).numpy()
+    lrn1 = keras.Model(model.inputs, model.get_layer("lrn1").output)(images).numpy()
+    # Caffe's cross-channel LRN over all 32 maps: alpha / 5 per term, k = 1.
+    squares = np.pad(conv1.astype(np.float64) ** 2, [(0, 0)] * 3 + [(2, 2)])
+    sums = sum(squares[..., i:i + 32] for i in range(5))
+    expected = conv1 * (1.0 + 1e-4 / 5 * sums) ** -0.75
+    np.testing.assert_allclose(lrn1, expected, rtol=1e-5, atol=1e-6)
+    # The window crosses the towers' boundary: maps 15 and 16 see each other.
+    per_tower = build_alexnet(**SMALL, seed=0, lrn_settings=alexnet_model.LRNSettings(
+        bias=1.0, alpha_convention="authors_code"))
+    apart = keras.Model(per_tower.inputs, per_tower.get_layer("lrn1").output)(images).numpy()
+    assert np.abs(apart[..., 15] - lrn1[..., 15]).max() > 0
+    np.testing.assert_allclose(apart[..., 8], lrn1[..., 8], rtol=1e-6)
