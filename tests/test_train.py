@@ -436,3 +436,41 @@ def test_one_log_line_per_corrupt_file_naming_it_and_why(tmp_path):
             assert re.search(rf"Skipped train/{name}: .*{reason}.*\(\d+ undecodable so far\)",
                              line), line
     assert "ignore_errors" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_test_split_never_reaches_a_decision_and_is_reported_at_the_end(tmp_path):
+    from alexnet_tf import data, evaluate
+
+    plain, with_test = tmp_path / "plain", tmp_path / "with_test"
+    data.ensure_synthetic(str(plain))
+    shutil.copytree(plain, with_test)
+    # A test split whose labels are all wrong: were it to reach the schedule or any
+    # choice, the runs would part.
+    classes = sorted(os.listdir(plain / "val"))
+    for k, name in enumerate(classes):
+        shutil.copytree(plain / "val" / name, with_test / "test" / classes[(k + 1) % 4])
+    runs = {}
+    for name, data_dir in (("plain", plain), ("with_test", with_test)):
+        config = smoke_config(tmp_path, data_dir=str(data_dir), epochs=3, plateau_patience=1,
+                              eval_every_steps=3, checkpoint_every_steps=3)
+        workdir = str(tmp_path / f"model_{name}")
+        runs[name] = (trainer.train_and_evaluate(config, workdir), workdir)
+    (plain_report, plain_dir), (report, workdir) = runs["plain"], runs["with_test"]
+    final = model_dir.checkpoint_prefixes(os.path.join(workdir, "checkpoints"))[0]
+    reference = checkpoint_tensors(model_dir.checkpoint_prefixes(
+        os.path.join(plain_dir, "checkpoints"))[0])
+    for name, value in checkpoint_tensors(final).items():
+        np.testing.assert_array_equal(value, reference[name], err_msg=name)
+    assert report["validation"] == plain_report["validation"] and "test" not in plain_report
+    assert report["test"]["examples"] == 32 and report["test"]["top1_error"] >= 0.5
+
+    # alexnet_tf.evaluate on the test split gives the same figures, from the model
+    # directory (both crop modes) and from its export.
+    source, _ = inference.load_data_source([inference.load_model(workdir)])
+    result = evaluate.evaluate([inference.load_model(workdir),
+                                inference.load_model(os.path.join(workdir, "export"))],
+                               source, split="test")
+    for errors in (result["models"][0]["center"], result["models"][1]["center"]):
+        assert errors == pytest.approx({k: report["test"][k] for k in ("top1_error", "top5_error")})
+    assert result["models"][0]["ten_crop"] == pytest.approx(
+        {k: report["test"][f"ten_crop_{k}"] for k in ("top1_error", "top5_error")})
