@@ -99,7 +99,8 @@ class Source:
 
     def encoded_split(self, split):
         """The encoded examples of "train" (in epoch 0's order), "validation" or "test"."""
-        streams = {TRAIN: lambda: self.train_for_epoch(0), VALIDATION: lambda: self.encoded_validation,
+        streams = {TRAIN: lambda: self.train_for_epoch(0),
+                   VALIDATION: lambda: self.encoded_validation,
                    TEST: lambda: self.encoded_test}
         if split not in streams:
             raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
@@ -220,7 +221,8 @@ def _load_imagenet2012(data_dir, manual_dir, seed):
         num_train_examples=splits["train"].num_examples,
         num_validation_examples=splits["validation"].num_examples,
         encoded_train=read("train", shuffle=True),
-        epoch_train=lambda epoch: read("train", shuffle=True, shuffle_seed=_epoch_seed(seed, epoch)),
+        epoch_train=lambda epoch: read("train", shuffle=True,
+                                       shuffle_seed=_epoch_seed(seed, epoch)),
         encoded_validation=read("validation", shuffle=False),
         corrupt_counter=corrupt_images.CorruptImageCounter(),
     )
@@ -447,7 +449,8 @@ def synthetic_images(num_per_class, num_classes=4, size=48, seed=0):
 def prepare_synthetic(output, num_per_class=24, val_per_class=8, num_classes=4, size=48):
     """Writes the synthetic set: train/ and val/, num_classes class folders each."""
     names = [f"class_{k}" for k in range(num_classes)]
-    for split, count, seed in ((TRAIN_FOLDER, num_per_class, 0), (VALIDATION_FOLDER, val_per_class, 1)):
+    for split, count, seed in ((TRAIN_FOLDER, num_per_class, 0),
+                               (VALIDATION_FOLDER, val_per_class, 1)):
         images, labels = synthetic_images(count, num_classes, size, seed)
         write_image_folder(images, labels, names, os.path.join(output, split),
                            desc=f"synthetic {split}")

@@ -236,8 +236,9 @@ def mean_image(mean_path):
 def imagenet_stats(mean):
     vectors = np.asarray(IMAGENET_EIGENVECTORS, np.float64)
     values = np.asarray(IMAGENET_EIGENVALUES, np.float64) * 255.0**2
-    return dataset_stats.DatasetStats(mean_image=mean, covariance=vectors @ np.diag(values) @ vectors.T,
-                                      eigenvalues=values, eigenvectors=vectors, num_examples=0)
+    return dataset_stats.DatasetStats(
+        mean_image=mean, covariance=vectors @ np.diag(values) @ vectors.T, eigenvalues=values,
+        eigenvectors=vectors, num_examples=0)
 
 
 def check_pooling(net, path):

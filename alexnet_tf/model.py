@@ -757,7 +757,8 @@ class _TowerLayers:
             name=f"{name}_tower{k}")], channelwise=True)
 
     def pool(self, name):
-        layer = CeilMaxPooling2D if self.options.pooling_rule == "ceil" else keras.layers.MaxPooling2D
+        ceil = self.options.pooling_rule == "ceil"
+        layer = CeilMaxPooling2D if ceil else keras.layers.MaxPooling2D
         return self._towers(name, lambda k: [layer(
             self.options.pool_size, PAPER_POOL_STRIDE, dtype=self.policy,
             name=f"{name}_tower{k}")], channelwise=True, split_output=True)

@@ -166,7 +166,8 @@ def local_response_normalization(
         _check_arguments(x, depth_radius, bias, alpha, beta)
         alpha = alpha_per_term(alpha, depth_radius, alpha_convention)
         return load_library().alexnet_tf_local_response_norm(
-            x, depth_radius=int(depth_radius), bias=float(bias), alpha=float(alpha), beta=float(beta)
+            x, depth_radius=int(depth_radius), bias=float(bias), alpha=float(alpha),
+            beta=float(beta)
         )
 
 

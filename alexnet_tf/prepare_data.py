@@ -165,7 +165,8 @@ if __name__ == "__main__":
     flags.DEFINE_enum("source", "fashion_mnist", ["fashion_mnist", "synthetic"], "What to write.")
     flags.DEFINE_string("output", None, "Directory to write train/, val/ (and test/) into.",
                         required=True)
-    flags.DEFINE_string("source_dir", None, f"Where the IDX files are (default {FASHION_MNIST_DIR}).")
+    flags.DEFINE_string("source_dir", None,
+                        f"Where the IDX files are (default {FASHION_MNIST_DIR}).")
     flags.DEFINE_integer("seed", 0, "Chooses the validation images (and the training subset).")
     flags.DEFINE_integer("train_per_class", None, "Keep this many training images per class.",
                          lower_bound=1)

@@ -374,7 +374,7 @@ def _has_layer(model, name):
     return any(layer.name == name for layer in model.layers)
 
 
-def check_init_source(config, source):
+def check_init_source(config):
     """Refuses an --init_from model whose network differs from this run's."""
     if not config.init_from:
         return
@@ -384,7 +384,6 @@ def check_init_source(config, source):
         raise TrainingError(
             f"--init_from={config.init_from} is another network ({'; '.join(differences)}); "
             "leave those settings out to take the source's.")
-    del source
 
 
 def init_from_source(config, model):
@@ -732,7 +731,7 @@ def train_and_evaluate(config, workdir):
     check_devices(config, distribution)
     source = load_source(config)
     changed = check_data(config, workdir, source)
-    check_init_source(config, source)
+    check_init_source(config)
     model_dir.check_writable(workdir)
     lock = model_dir.Lock(workdir) if distribution.is_chief else contextlib.nullcontext()
     with lock, _StopRequest() as stop:
