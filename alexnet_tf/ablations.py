@@ -1,9 +1,11 @@
 """The paper's design choices, each switched off in turn, on the small variant, with seeds.
 
-    python -m alexnet_tf.ablations --data_dir=data/fashion_mnist --workdir=runs/ablations
+    python -m alexnet_tf.ablations --data_dir=data/fashion_mnist --workdir=runs/ablations \
+        --recipe=configs/ablations.flags
 
-Trains the small variant with the recipe of configs/small.flags (the README's main
-run) as the baseline and once per changed setting, each with every seed of --seeds,
+Trains the small variant with a recipe (--recipe; by default configs/small.flags,
+the README's main run; configs/ablations.flags is the same with a shorter budget) as
+the baseline and once per changed setting, each with every seed of --seeds,
 each in its own model directory (WORKDIR/ARM/seedS). Every run's learning-rate
 schedule looks at its validation split only; the table reports the test split's
 error with ten crops (the data's test/ folder; its val/ where there is none). For
@@ -252,11 +254,11 @@ def format_markdown(rows, budget):
     return "\n".join(lines) + "\n"
 
 
-def describe_budget(base_config, run_dirs, seeds):
+def describe_budget(base_config, run_dirs, seeds, recipe=DEFAULT_RECIPE):
     baseline = _read_metrics(run_dirs[(BASELINE, seeds[0])])
     errors = _errors(baseline)
     return (
-        f"Per run: the {os.path.basename(DEFAULT_RECIPE)} recipe, {baseline['step']} steps at "
+        f"Per run: the {os.path.basename(recipe)} recipe, {baseline['step']} steps at "
         f"batch {base_config.batch_size}, the schedule deciding on the validation split; "
         f"errors on the {errors['split']} split ({baseline[errors['split']]['examples']} "
         f"images, {errors['crops']}); seeds {', '.join(str(s) for s in seeds)}; "
@@ -316,7 +318,7 @@ def main(argv):
         sys.exit(f"error: {e}")
     rows = table_rows(run_dirs, ablations, seeds)
     output = values.output or os.path.join(values.workdir, "table.md")
-    print(write_table(rows, describe_budget(base_config, run_dirs, seeds), output))
+    print(write_table(rows, describe_budget(base_config, run_dirs, seeds, values.recipe), output))
     print(f"Wrote {output} and its .json; {time.perf_counter() - started:.0f} s in all.")
 
 
