@@ -12,7 +12,10 @@ from alexnet_tf import config as config_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_every_shipped_flagfile_loads_and_validates():
+def test_every_shipped_flagfile_loads_and_validates(monkeypatch):
+    # A flagfile's own --flagfile lines are relative to the working directory (absl's
+    # rule); the commands run from the repository's root.
+    monkeypatch.chdir(REPO)
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.flags"))):
         config, _ = config_lib.load_flagfile(path, data_dir="/data")
         assert config_lib.validate(config) == [], path
