@@ -25,8 +25,9 @@ machine hits all alike:
                  subtraction and lighting, and nothing else;
   bare_central   the bare pipeline as usually written: decode the central square,
                  resize it to 256, random 224 crop, flip;
-  full_decoded   the full pipeline fed decoded images (Source.train), i.e. the
-                 paper's steps literally: decode all, rescale, subtract, crop;
+  full_decoded   the full pipeline fed decoded images (Source.train): the whole
+                 image decoded, then the crop's region cut out and the same op
+                 (ops.resize_flip_and_normalize) as for a PNG;
   full_prepared  the full pipeline on JPEGs rescaled to 256x256 once beforehand
                  (data.write_rescaled_image_folder, same JPEG quality).
 
@@ -55,9 +56,8 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import data, dataset_stats, ops  # noqa: E402
+from alexnet_tf import corrupt_images, data, dataset_stats, ops, preprocessing  # noqa: E402
 from alexnet_tf import input_pipeline as ip  # noqa: E402
-from alexnet_tf import preprocessing, corrupt_images
 
 _NUM_IMAGES = flags.DEFINE_integer("num_images", 512, "Distinct JPEGs generated.")
 _WIDTH = flags.DEFINE_integer("width", 500, "Generated image width.")
@@ -120,17 +120,20 @@ def bare_dataset(examples, batch_size, central, dct_method, skipping=False, fuse
 
     def augment(index, example):
         if fused:
-            offset, flip, _ = ops.augmentation_draws(index, tf.zeros([3, 3]), seed, size, crop, 0.0)
+            offset, flip, _ = ops.augmentation_draws(index, tf.zeros([3, 3]), seed, size, crop,
+                                                     0.0)
             image = preprocessing.training_crop_from_bytes(
                 example["image"], crop, zero_mean, offset, flip, zero_rgb, dct_method
             )
             return image, tf.cast(example["label"], tf.int32)
         crop_seed, _ = preprocessing.augmentation_seeds(seed, index)
         if central:
-            image = preprocessing.decode_crop_and_resize(example["image"], size, size, 0, 0, dct_method)
+            image = preprocessing.decode_crop_and_resize(example["image"], size, size, 0, 0,
+                                                         dct_method)
             image = preprocessing.random_crop_and_flip(image, crop, crop_seed)
         else:
-            offset_y, offset_x, flip = preprocessing.random_crop_window(size, size, crop, crop_seed)
+            offset_y, offset_x, flip = preprocessing.random_crop_window(size, size, crop,
+                                                                        crop_seed)
             image = preprocessing.decode_crop_and_resize(
                 example["image"], size, crop, offset_y, offset_x, dct_method
             )
@@ -140,7 +143,8 @@ def bare_dataset(examples, batch_size, central, dct_method, skipping=False, fuse
     examples = examples.shuffle(ip.DEFAULT_SHUFFLE_BUFFER, seed=seed).repeat()
     if skipping:
         counter = corrupt_images.CorruptImageCounter()
-        batches = corrupt_images.map_and_batch_skipping_corrupt(examples, augment, counter, batch_size, True)
+        batches = corrupt_images.map_and_batch_skipping_corrupt(
+            examples, augment, counter, batch_size, True)
     else:
         batches = (
             examples.enumerate()
