@@ -74,8 +74,11 @@ def load_or_compute_stats(config, source, workdir, save=True):
         if save:
             dataset_stats.save_stats(stats, path)
         return stats
+    # The training images in memory when they are there (decoded once for both), else
+    # their files.
+    examples = source.train_for_epoch(0) if source.in_memory else source.encoded_train
     stats = dataset_stats.compute_stats(
-        source.encoded_train,
+        examples,
         image_size=config.image_size,
         max_examples=config.stats_examples or None,
         seed=config.seed,
@@ -421,8 +424,8 @@ def start_run(config, workdir, distribution, source, changed):
     chief = distribution.is_chief
     if chief:
         model_dir.write_run_record(config, source.class_names, workdir)
-    stats = load_or_compute_stats(config, source, workdir, save=chief)
     source = source.with_training_images_in_memory(config.cache_images_mb << 20)
+    stats = load_or_compute_stats(config, source, workdir, save=chief)
     model, optimizer, loss_scale = _build_network(config, distribution, source)
     schedule = create_schedule(config)
     step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
