@@ -74,11 +74,10 @@ def load_or_compute_stats(config, source, workdir, save=True):
         if save:
             dataset_stats.save_stats(stats, path)
         return stats
-    # The training images in memory when they are there (decoded once for both), else
-    # their files.
-    examples = source.train_for_epoch(0) if source.in_memory else source.encoded_train
+    # Epoch 0's order, so that a --stats_examples subset is the same whether the
+    # training images are in memory (decoded once for both) or read from their files.
     stats = dataset_stats.compute_stats(
-        examples,
+        source.train_for_epoch(0),
         image_size=config.image_size,
         max_examples=config.stats_examples or None,
         seed=config.seed,

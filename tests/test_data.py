@@ -392,3 +392,21 @@ def test_training_images_in_memory_give_the_same_batches_as_their_files(tmp_path
             np.testing.assert_array_equal(images, cached_images)
     first = next(iter(cached.train_for_epoch(0)))
     assert first["image"].dtype == tf.uint8 and first["image"].shape == (48, 48, 3)
+
+
+def test_a_statistics_subset_is_the_same_with_the_images_in_memory_or_in_files(tmp_path):
+    from alexnet_tf import config as config_lib
+    from alexnet_tf import trainer
+
+    data.ensure_synthetic(str(tmp_path))
+    source = data.load_source("image_folder", str(tmp_path), seed=3)
+    cached = source.with_training_images_in_memory(64 << 20)
+    config = config_lib.TrainConfig(image_size=36, stats_examples=10, seed=3)
+    from_files, from_memory = (trainer.load_or_compute_stats(config, s, str(tmp_path / "none"),
+                                                             save=False)
+                               for s in (source, cached))
+    everything = trainer.load_or_compute_stats(
+        config_lib.TrainConfig(image_size=36, seed=3), source, str(tmp_path / "none"), save=False)
+    np.testing.assert_allclose(from_memory.mean_image, from_files.mean_image, atol=1e-4)
+    # A 10-image subset's mean is not the whole set's.
+    assert np.abs(from_files.mean_image - everything.mean_image).max() > 1.0
