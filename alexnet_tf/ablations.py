@@ -106,9 +106,19 @@ def _finished(metrics):
 
 
 def train_once(config, run_dir):
-    """Trains unless run_dir holds a finished run; returns its metrics.json."""
+    """Trains unless run_dir holds a finished run of this config; returns its
+    metrics.json. A finished run of other settings (another recipe or budget) is
+    refused, never mixed into the table."""
     metrics = _read_metrics(run_dir)
     if _finished(metrics):
+        previous = model_dir.load_config(run_dir)
+        differences = [f"--{name}={getattr(previous, name)!r} there, {getattr(config, name)!r} now"
+                       for name in config_lib.FIELDS
+                       if getattr(previous, name) != getattr(config, name)]
+        if differences:
+            raise trainer.TrainingError(
+                f"{run_dir} holds a finished run with other settings ({'; '.join(differences)});"
+                " use another --workdir for these settings.")
         print(f"{run_dir}: finished earlier, skipped.")
         return metrics
     trainer.train_and_evaluate(config, run_dir)

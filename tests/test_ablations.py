@@ -1,6 +1,7 @@
 """The ablation driver: its statistics by hand, and its table against the run
 directories it wrote with two seeds, on the smoke configuration."""
 
+import dataclasses
 import json
 import math
 import os
@@ -92,6 +93,11 @@ def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkey
 
     monkeypatch.setattr(trainer, "train_and_evaluate", must_not_train)
     assert ablations.run_ablations(base, workdir, chosen, seeds=(0, 1)) == run_dirs
+    longer = dataclasses.replace(base, train_steps=6)
+    with pytest.raises(trainer.TrainingError,
+                       match=r"baseline/seed0 holds a finished run with other settings "
+                             r"\(--train_steps=3 there, 6 now\)"):
+        ablations.run_ablations(longer, workdir, chosen, seeds=(0, 1))
 
 
 def test_a_run_stopped_before_its_end_stops_the_driver_resumably(tmp_path, monkeypatch):
