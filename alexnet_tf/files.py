@@ -51,6 +51,11 @@ def staged_directory(path, check_replaceable=None):
     is renamed into place, and deleted after. On any error the staging directory is
     removed and `path` is left as it was.
     """
+    if os.path.lexists(path):
+        # Refused before any work, and again at the end in case path appeared since.
+        if check_replaceable is None:
+            raise FileExistsError(f"{path} already exists.")
+        check_replaceable(path)
     staging = staging_path(path)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)

@@ -139,6 +139,18 @@ def prepare_fashion_mnist(output, source_dir=FASHION_MNIST_DIR, seed=0, train_pe
     return counts
 
 
+def prepare_synthetic(output):
+    """Writes the generated train/ and val/ (data.prepare_synthetic) under output, by
+    the same replace rule as Fashion-MNIST. Returns the counts."""
+    with files.staged_directory(output, _check_replaceable) as staging:
+        data.prepare_synthetic(staging)
+        counts = {folder: sum(len(names) for _, _, names in os.walk(os.path.join(staging, folder)))
+                  for folder in (data.TRAIN_FOLDER, data.VALIDATION_FOLDER)}
+        with open(os.path.join(staging, PREPARED_FILE), "w") as f:
+            json.dump({"source": "synthetic", "counts": counts}, f, indent=2)
+    return counts
+
+
 def main(argv):
     from absl import flags
 
@@ -152,8 +164,7 @@ def main(argv):
         else:
             if values.train_per_class:
                 raise PrepareError("--train_per_class applies to --source=fashion_mnist.")
-            data.prepare_synthetic(values.output)
-            counts = {"train": "all", "val": "all"}
+            counts = prepare_synthetic(values.output)
     except (PrepareError, FileExistsError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {values.output}: " + ", ".join(f"{k}/ {v}" for k, v in counts.items()))

@@ -92,6 +92,31 @@ def test_output_is_replaced_only_if_prepared_here(tmp_path):
         "val"] == 10
 
 
+def test_an_output_that_may_not_be_replaced_is_refused_before_any_work(tmp_path, monkeypatch):
+    write_fashion_mnist(tmp_path / "idx", np.random.default_rng(0))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "class_0").mkdir()
+
+    def must_not_write(*args, **kwargs):
+        raise AssertionError("images were written for an output that is refused")
+
+    monkeypatch.setattr(data, "write_image_folder", must_not_write)
+    for prepare in (lambda: prepare_data.prepare_fashion_mnist(str(mine), str(tmp_path / "idx")),
+                    lambda: prepare_data.prepare_synthetic(str(mine))):
+        with pytest.raises(prepare_data.PrepareError, match="not written by"):
+            prepare()
+    assert os.listdir(mine) == ["class_0"]
+
+
+def test_synthetic_output_follows_the_same_replace_rule(tmp_path):
+    out = tmp_path / "synthetic"
+    assert prepare_data.prepare_synthetic(str(out)) == {"train": 96, "val": 32}
+    assert sorted(os.listdir(out)) == ["prepared.json", "train", "val"]
+    assert len(os.listdir(out / "train" / "class_3")) == 24
+    assert prepare_data.prepare_synthetic(str(out)) == {"train": 96, "val": 32}
+
+
 def test_missing_and_malformed_idx_files_are_named(tmp_path):
     with pytest.raises(prepare_data.PrepareError, match="not found.*train-images-idx3-ubyte.gz"):
         prepare_data.prepare_fashion_mnist(str(tmp_path / "out"), str(tmp_path))
