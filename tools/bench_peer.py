@@ -49,7 +49,7 @@ Threads: PyTorch gets torch.set_num_threads(--threads), os.cpu_count() by defaul
 which is what TensorFlow's default intra-op threads use; TensorFlow keeps its
 defaults, as the training command does, unless --threads is given.
 
-The issue's targets: our images/s at least 2.5x PyTorch's on the small net and 2.0x
+The targets: our images/s at least 2.5x PyTorch's on the small net and 2.0x
 on the paper net.
 """
 
@@ -92,7 +92,7 @@ PEER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_tor
 
 # name: (size, classes, input side) of both sides.
 NETS = {"small": ("small", 10, 32), "paper": ("paper", 1000, 224)}
-# The issue's targets: our images/s over PyTorch's (eager).
+# Targets: our images/s over PyTorch's (eager).
 TARGET_RATIO = {"small": 2.5, "paper": 2.0}
 
 # The step's learning rate (the paper's initial 0.01, PyTorch's lr too) and its stop flag.

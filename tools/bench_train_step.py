@@ -67,7 +67,7 @@ _BFLOAT16 = flags.DEFINE_bool("mixed_bfloat16", False, "Also time --mixed_precis
 _MATMUL_SIZES = flags.DEFINE_multi_integer(
     "matmul_size", [1024, 2048], "Sides of the square matrices of the limit; the best counts.")
 
-# The issue's targets for the figures this tool prints: model FLOP/s over the matmul rate.
+# Targets for the figures this tool prints: model FLOP/s over the matmul rate.
 TARGET_FRACTION = {"small": 0.7, "paper": 0.8}
 
 
