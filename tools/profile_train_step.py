@@ -1,0 +1,95 @@
+"""Where the training command's step spends its time, op by op.
+
+    TF_CPU_ALLOCATOR_USE_BFC=true python tools/profile_train_step.py --net=small
+
+Builds the step exactly as tools/bench_train_step.py does (the trainer's own
+`trainer.make_train_step` for configs/small.flags' or configs/paper.flags' network),
+runs it on one fixed random batch, then records --profile_steps steps with TensorFlow's
+profiler and sums each op type's time over every host thread of the trace. The
+figures are milliseconds of thread time per step: with two cores busy, a step's
+wall time is about half their sum.
+"""
+
+import collections
+import glob
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_train_step  # noqa: E402
+
+_NET = flags.DEFINE_enum("net", "small", sorted(bench_train_step.NETS), "Which net.")
+_STEPS = flags.DEFINE_integer("profile_steps", 10, "Profiled steps.", lower_bound=1)
+_TOP = flags.DEFINE_integer("top", 25, "Op types listed.", lower_bound=1)
+
+
+def op_thread_times(trace_dir):
+    """Op type -> (total duration in ms, count) over the host planes of one trace."""
+    path = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb"))[0]
+    space = xplane_pb2.XSpace()
+    with open(path, "rb") as f:
+        space.ParseFromString(f.read())
+    totals, counts = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        names = {key: meta.name for key, meta in plane.event_metadata.items()}
+        for line in plane.lines:
+            for event in line.events:
+                name = names.get(event.metadata_id, "")
+                # Op events are "node_name:OpType"; "Class::Method" events are the
+                # executor's own, and a function call's event encloses its ops.
+                if ":" not in name or "::" in name:
+                    continue
+                op_type = name.split(":")[1].strip()
+                if not op_type.startswith("__inference"):
+                    totals[op_type] += event.duration_ps / 1e9
+                    counts[op_type] += 1
+    return totals, counts
+
+
+def main(argv):
+    del argv
+    net = _NET.value
+    config = bench_train_step.net_config(net)
+    step, _ = bench_train_step.trainer_step(config, bench_train_step.NETS[net][1], 128)
+    rng = np.random.default_rng(0)
+    shape = (128, config.crop_size, config.crop_size, 3)
+    images = tf.constant(rng.normal(0, 50, shape).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 10, 128).astype(np.int32))
+    rate, stop = tf.constant(0.01), tf.constant(0.0)
+    for _ in range(3):
+        step(images, labels, rate, stop)[0].numpy()
+    walls = []
+    with tempfile.TemporaryDirectory() as trace_dir:
+        tf.profiler.experimental.start(trace_dir)
+        for _ in range(_STEPS.value):
+            started = time.perf_counter()
+            step(images, labels, rate, stop)[0].numpy()
+            walls.append(time.perf_counter() - started)
+        tf.profiler.experimental.stop()
+        totals, counts = op_thread_times(trace_dir)
+    steps = _STEPS.value
+    total = sum(totals.values())
+    print(f"{net} net, batch 128, {steps} profiled steps; wall time per step (median, "
+          f"while profiling) {1000 * statistics.median(walls):.1f} ms; op thread time "
+          f"per step {total / steps:.1f} ms")
+    print(f"{'op type':40s} {'ms/step':>8s} {'calls/step':>10s} {'share':>6s}")
+    for op_type, duration in totals.most_common(_TOP.value):
+        print(f"{op_type:40s} {duration / steps:8.2f} {counts[op_type] / steps:10.1f} "
+              f"{100 * duration / total:5.1f}%")
+
+
+if __name__ == "__main__":
+    app.run(main)
