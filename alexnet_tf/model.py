@@ -163,8 +163,8 @@ PAPER_SIZE = AlexNetSize(
 # The same topology for 32x32 images (CIFAR-10, or 28x28 Fashion-MNIST padded or
 # scaled to 32x32); any side from 28 up works. A quarter to a third of the paper's
 # conv widths, an eighth of its fully connected widths, and conv1 at stride 1 since
-# the images are already small: training runs at about 500 images/s on 2 CPU cores,
-# two minutes an epoch of 60,000 images.
+# the images are already small, so that it trains on a few CPU cores
+# (tools/bench_train_step.py times its step).
 SMALL_SIZE = AlexNetSize(
     input_shape=(32, 32, 3),
     conv_filters=(32, 64, 96, 96, 64),
