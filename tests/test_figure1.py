@@ -73,6 +73,13 @@ def test_summary_ratios_table_and_figure(tmp_path):
     table = figure1.format_table(summary, chosen)
     assert "| 0 | 100 (1.00) | 900 (9.00) | 9.00 |" in table
     assert "tanh / ReLU: 7.50 ± 2.12 (sd) over 2 seeds" in table
+    slow_tanh = dict(chosen, tanh=[record("tanh", 0.003, s, [(0, 0.9), (600, 0.3)])
+                                   for s in (0, 1)])
+    bounded = figure1.summarize(slow_tanh, 0.1)
+    assert bounded["ratios"] == [] and bounded["ratio_bounds"] == {0: 6.0, 1: 4.0}
+    bounded_table = figure1.format_table(bounded, slow_tanh)
+    assert "| 1 | 150 (1.50) | not reached | > 4.00 |" in bounded_table
+    assert "tanh / ReLU above 4.00 there" in bounded_table
     path = str(tmp_path / "figure.png")
     figure1.draw(chosen, summary, path)
     assert tf.io.decode_png(tf.io.read_file(path)).shape[-1] in (3, 4)
