@@ -269,12 +269,14 @@ if __name__ == "__main__":
 
     flags.DEFINE_string("data_dir", None, "An image folder (train/ is used).", required=True)
     flags.DEFINE_string("workdir", None, "Runs, table and figure go here.", required=True)
-    flags.DEFINE_list("learning_rates", ["0.0003", "0.001", "0.003", "0.01"],
+    flags.DEFINE_list("learning_rates", ["0.001", "0.003", "0.01"],
                       "The rates swept for each activation.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the first one sweeps the rates.")
     flags.DEFINE_integer("epochs", 10, "Epochs per run.", lower_bound=1)
     flags.DEFINE_integer("eval_every_steps", 100, "Training error every N steps.", lower_bound=1)
     flags.DEFINE_integer("error_examples", 5000, "Training images the error is measured on.",
                          lower_bound=1)
-    flags.DEFINE_float("threshold", 0.1, "The training error whose first crossing counts.")
+    # On Fashion-MNIST the ReLU net needs about 2 epochs to reach 12%, as Figure 1's
+    # needed several to reach 25% on CIFAR-10 (BENCHMARKS.md).
+    flags.DEFINE_float("threshold", 0.12, "The training error whose first crossing counts.")
     app.run(main)
