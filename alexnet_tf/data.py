@@ -73,8 +73,6 @@ class Source:
     # max_bytes -> the training examples decoded into a filled tf.data cache, in file
     # order, or None if they would not fit (see with_training_images_in_memory).
     memory_cache: typing.Callable[[int], tf.data.Dataset] = None
-    # True once the training images are decoded in memory (train_for_epoch yields them).
-    in_memory: bool = False
 
     def train_for_epoch(self, epoch):
         """Training examples, shuffled by (seed, epoch) only: encoded, or decoded once
@@ -135,7 +133,7 @@ class Source:
             return self
         count, seed = self.num_train_examples, self.seed
         return dataclasses.replace(
-            self, in_memory=True, epoch_train=lambda epoch: decoded.shuffle(
+            self, epoch_train=lambda epoch: decoded.shuffle(
                 count, seed=_epoch_seed(seed, epoch), reshuffle_each_iteration=False))
 
 

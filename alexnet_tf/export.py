@@ -22,9 +22,9 @@ InvalidArgumentError naming its index in the batch.
     python -m alexnet_tf.export --model_dir=MODEL_DIR [--output=DIR] [--ten_crop] [--overwrite]
 
 The output must not exist (or be an empty directory), unless it is a SavedModel this
-command wrote before and --overwrite is given; a model directory is never accepted as the output. The
-SavedModel is written beside it and renamed into place when complete, so a failure
-leaves nothing behind.
+command wrote before and --overwrite is given; a model directory is never accepted as
+the output. The SavedModel is written beside it and renamed into place when complete,
+so a failure leaves nothing behind.
 """
 
 import json
