@@ -24,7 +24,7 @@ import tensorflow as tf
 import tqdm
 from absl import app, flags
 
-from alexnet_tf import corrupt_images, data, files, preprocessing
+from alexnet_tf import corrupt_images, data, files, input_pipeline, preprocessing
 
 STATS_FORMAT_VERSION = 1
 _ARRAYS = ("mean_image", "covariance", "eigenvalues", "eigenvectors")
@@ -122,7 +122,7 @@ def compute_stats(
             ),
             num_parallel_calls=tf.data.AUTOTUNE,
         ).batch(batch_size)
-    moments = batches.map(_batch_moments).prefetch(2)
+    moments = input_pipeline.without_autotuning(batches.map(_batch_moments).prefetch(2))
 
     count = 0
     image_sum = np.zeros([image_size, image_size, 3], np.float64)

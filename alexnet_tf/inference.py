@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import config as config_lib
-from alexnet_tf import corrupt_images, data, export, model_dir, preprocessing
+from alexnet_tf import corrupt_images, data, export, input_pipeline, model_dir, preprocessing
 from alexnet_tf import model as model_lib
 
 CENTER = "center"
@@ -199,8 +199,8 @@ def split_batches(source, split, batch_size, max_examples=None):
         shape = tf.shape(preprocessing.decode_image(example["image"]))
         return example["image"], example["label"], example["id"], shape
 
-    batches = corrupt_images.map_and_batch_skipping_corrupt(
-        examples, checked, source.corrupt_counter, batch_size)
+    batches = input_pipeline.without_autotuning(corrupt_images.map_and_batch_skipping_corrupt(
+        examples, checked, source.corrupt_counter, batch_size))
     for encoded, labels, ids, _ in batches.as_numpy_iterator():
         yield encoded, labels, ids
 

@@ -45,6 +45,20 @@ def one_thread_per_image(dataset):
     return dataset.with_options(options)
 
 
+def without_autotuning(dataset):
+    """The dataset without tf.data's autotuning thread.
+
+    In TensorFlow 2.21 destroying an iterator can wait for that thread to wake by itself,
+    and its wake-ups back off to one a minute: the trainer, which ends an iterator at
+    every epoch and evaluation, stalled 20-100 s at about one epoch end in three or four
+    (BENCHMARKS.md has the stack). Without it, AUTOTUNE parallelism is one call per core
+    and AUTOTUNE prefetch buffers grow whenever the consumer finds them empty.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 def shard_keeping_stream_index(examples, num_shards, shard_index):
     """Every num_shards-th example from shard_index on, each with its position in the
     whole stream under STREAM_INDEX.
@@ -126,7 +140,7 @@ def make_train_dataset(
     if num_shards > 1:
         examples = shard_keeping_stream_index(examples, num_shards, shard_index)
     batches = _map_and_batch(examples, augment, corrupt_counter, batch_size, drop_remainder)
-    return one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE))
+    return without_autotuning(one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE)))
 
 
 def _map_and_batch(examples, fn, corrupt_counter, batch_size, drop_remainder=False):
@@ -193,4 +207,4 @@ def make_eval_dataset(
     if num_shards > 1:
         examples = examples.shard(num_shards, shard_index)
     batches = _map_and_batch(examples, preprocess, corrupt_counter, batch_size)
-    return one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE))
+    return without_autotuning(one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE)))

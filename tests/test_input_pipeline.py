@@ -383,6 +383,18 @@ def test_train_on_small_grey_images():
     assert shapes == [((5, 28, 28, 3), (5,))] * 2
 
 
+def test_train_and_eval_datasets_run_without_the_autotuning_thread():
+    # Destroying an iterator that has one can wait up to a minute for it to wake.
+    grey = np.zeros((4, 28, 28, 1), np.uint8)
+    examples = tf.data.Dataset.from_tensor_slices({"image": grey, "label": np.arange(4)})
+    train = ip.make_train_dataset(examples, make_stats(32), 2, image_size=32, crop_size=28)
+    evaluation = ip.make_eval_dataset(examples, make_stats(32), 2, 32, 28)
+    for dataset in (train, evaluation):
+        assert dataset.options().autotune.enabled is False
+        assert dataset.options().threading.max_intra_op_parallelism == 1
+    assert [labels.tolist() for _, labels in evaluation.as_numpy_iterator()] == [[0, 1], [2, 3]]
+
+
 def corrupt_examples():
     """Five examples, labels 0..4, of which 1 and 3 do not decode."""
     good = fx.png_bytes(fx.smooth_image(0, 20, 24))
