@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from alexnet_tf import corrupt_images, files, preprocessing
+from alexnet_tf import corrupt_images, files, input_pipeline, preprocessing
 
 IMAGENET2012 = "imagenet2012"
 IMAGE_FOLDER = "image_folder"
@@ -512,7 +512,8 @@ def write_rescaled_image_folder(
     written = {}
     splits = ((TRAIN_FOLDER, source.encoded_train), (VALIDATION_FOLDER, source.encoded_validation))
     for split, examples in splits:
-        rescaled = corrupt_images.map_skipping_corrupt(examples, rescale, source.corrupt_counter)
+        rescaled = input_pipeline.without_autotuning(
+            corrupt_images.map_skipping_corrupt(examples, rescale, source.corrupt_counter))
         written[split] = 0
         for jpeg, label, example_id in rescaled.as_numpy_iterator():
             directory = os.path.join(output_dir, split, source.class_names[label])

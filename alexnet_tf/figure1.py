@@ -42,7 +42,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from alexnet_tf import corrupt_images, data, files, optim, preprocessing, trainer  # noqa: E402
+from alexnet_tf import corrupt_images, data, files, input_pipeline, optim  # noqa: E402
+from alexnet_tf import preprocessing, trainer  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 
 IMAGE_SIZE = 32  # CIFAR-10's
@@ -67,8 +68,8 @@ def load_training_images(data_dir, seed=0):
             preprocessing.decode_image(example["image"]), IMAGE_SIZE)
         return image, tf.cast(example["label"], tf.int32)
 
-    batches = corrupt_images.map_and_batch_skipping_corrupt(
-        source.train_for_epoch(0), rescaled, source.corrupt_counter, 1000)
+    batches = input_pipeline.without_autotuning(corrupt_images.map_and_batch_skipping_corrupt(
+        source.train_for_epoch(0), rescaled, source.corrupt_counter, 1000))
     images, labels = [], []
     for image_batch, label_batch in tqdm(batches.as_numpy_iterator(), desc="decoding",
                                          total=-(-source.num_train_examples // 1000)):

@@ -52,7 +52,8 @@ def without_autotuning(dataset):
     and its wake-ups back off to one a minute: the trainer, which ends an iterator at
     every epoch and evaluation, stalled 20-100 s at about one epoch end in three or four
     (BENCHMARKS.md has the stack). Without it, AUTOTUNE parallelism is one call per core
-    and AUTOTUNE prefetch buffers grow whenever the consumer finds them empty.
+    (at most 16) and AUTOTUNE prefetch buffers grow whenever the consumer finds them
+    empty.
     """
     options = tf.data.Options()
     options.autotune.enabled = False
