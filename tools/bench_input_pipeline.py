@@ -31,6 +31,10 @@ machine hits all alike:
   full_prepared  the full pipeline on JPEGs rescaled to 256x256 once beforehand
                  (data.write_rescaled_image_folder, same JPEG quality).
 
+All of them run with the training pipeline's tf.data options (one thread per image,
+no autotuning thread: input_pipeline.one_thread_per_image and without_autotuning),
+so that they differ only in the ops named above.
+
 Each figure is the median over rounds of images per second (wall clock), that
 divided by the cores of the machine (nproc), and images per CPU-second of this
 process (its user + system time: unlike the wall clock, it does not count the time
@@ -151,7 +155,7 @@ def bare_dataset(examples, batch_size, central, dct_method, skipping=False, fuse
             .map(augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .batch(batch_size, drop_remainder=True)
         )
-    return ip.one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE))
+    return ip.without_autotuning(ip.one_thread_per_image(batches.prefetch(tf.data.AUTOTUNE)))
 
 
 def measure(iterator, batches, batch_size):
