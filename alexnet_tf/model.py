@@ -221,6 +221,46 @@ def _call_on_device(device, fn, inputs):
         return list(forward(*inputs))
 
 
+def conv_bias_activation(conv, x, kernel, bias):
+    """conv.activation(conv.convolution_op(x, kernel) + bias), with the bias's gradient
+    summed apart from the kernel's.
+
+    Keras' Conv2D leaves BiasAddGrad beside the kernel's Conv2DBackpropFilter, and
+    TensorFlow's CPU graph rewriter fuses the two into oneDNN's
+    Conv2DBackpropFilterWithBias, which is slower than the kernel's gradient and a
+    sum apart (BENCHMARKS.md, "Where the step's time goes"). Here the bias's gradient
+    is a plain sum of the activation's gradient, which the rewriter leaves alone. The
+    forward pass is the same ops (fused with the bias and the activation as before).
+    Under mixed precision the bias's gradient is summed in float32. NHWC only.
+    """
+
+    @tf.custom_gradient
+    def forward(x, kernel, bias):
+        with tf.GradientTape(persistent=True) as tape:
+            tape.watch([x, kernel])
+            z = conv.convolution_op(x, kernel)
+            pre_activation = tf.nn.bias_add(z, bias)
+            y = conv.activation(pre_activation)
+
+        def backward(dy):
+            d_pre = tape.gradient(y, pre_activation, output_gradients=dy)
+            dx, d_kernel = tape.gradient(z, [x, kernel], output_gradients=d_pre)
+            d_bias = tf.reduce_sum(tf.cast(d_pre, tf.float32), axis=[0, 1, 2])
+            return dx, d_kernel, tf.cast(d_bias, bias.dtype)
+
+        return y, backward
+
+    return forward(x, kernel, bias)
+
+
+def _call_conv(conv, x):
+    """A built Conv2D of a tower on x, as `conv_bias_activation`."""
+    dtype = conv.compute_dtype
+    with tf.name_scope(conv.name):
+        return conv_bias_activation(conv, tf.cast(x, dtype), tf.cast(conv.kernel, dtype),
+                                    tf.cast(conv.bias, dtype))
+
+
 # What must match for convolutions to run as one: all but their kernels' count and values.
 _CONV_GEOMETRY = (
     "kernel_size", "strides", "padding", "overhang", "data_format", "dilation_rate", "groups",
@@ -306,7 +346,11 @@ class TowerParallel(keras.layers.Layer):
 
     def _run_stack(self, k, x, training):
         for layer in self.stacks[k]:
-            x = layer(x, training=training)
+            if (isinstance(layer, keras.layers.Conv2D) and layer.use_bias and layer.built
+                    and layer.data_format == "channels_last"):
+                x = _call_conv(layer, x)
+            else:
+                x = layer(x, training=training)
         return x
 
     def _fan_out(self, parts):
@@ -332,8 +376,7 @@ class TowerParallel(keras.layers.Layer):
         dtype = convs[0].compute_dtype
         kernel = tf.concat([tf.cast(c.kernel, dtype) for c in convs], axis=-1)
         bias = tf.concat([tf.cast(c.bias, dtype) for c in convs], axis=-1)
-        y = convs[0].convolution_op(tf.cast(x, dtype), kernel)
-        return convs[0].activation(tf.nn.bias_add(y, bias))
+        return conv_bias_activation(convs[0], tf.cast(x, dtype), kernel, bias)
 
     def _run_merged(self, x, training):
         """A channelwise stack on the towers' channels side by side: tower 0's layers

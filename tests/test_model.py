@@ -188,9 +188,10 @@ def test_paper_variants_keep_figure_2_shapes(kwargs, params):
         assert _shapes(model.get_layer("conv6").output) == (6, 6, 256)
 
 
-def _reference_logits(model, images, towers=2):
-    """Figure 2 from the model's weights with tf.nn ops, towers meeting at conv3, fc6, fc7."""
-    w = {v.path: tf.constant(v.value.numpy()) for v in model.weights}
+def _reference_logits(model, images, towers=2, weights=None):
+    """Figure 2 from the model's weights (or `weights`, by variable path) with tf.nn ops,
+    towers meeting at conv3, fc6, fc7."""
+    w = weights or {v.path: tf.constant(v.value.numpy()) for v in model.weights}
 
     def conv(x, name, k):
         y = tf.nn.conv2d(x, w[f"{name}/{name}_tower{k}/kernel"], 1, "SAME")
@@ -228,6 +229,44 @@ def test_small_model_computes_figure_2(towers):
         rtol=1e-4,
         atol=1e-5,
     )
+
+
+def test_small_model_gradients_are_tensorflows():
+    """The convolutions' own gradient (bias summed apart from the kernel) and the
+    fused conv1 give the gradients of stock TensorFlow ops on the same weights."""
+    model = build_alexnet(**SMALL, dropout_rate=0.0, seed=5)
+    images = tf.random.stateless_normal([4, 32, 32, 3], seed=[3, 4])
+    labels = tf.constant([1, 7, 3, 0])
+
+    def loss_of(logits):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+
+    weights = {v.path: tf.constant(v.value.numpy()) for v in model.trainable_variables}
+    with tf.GradientTape() as tape:
+        tape.watch(list(weights.values()))
+        reference_loss = loss_of(_reference_logits(model, images, weights=weights))
+    reference = dict(zip(weights, tape.gradient(reference_loss, list(weights.values()))))
+    with tf.GradientTape() as tape:
+        loss = loss_of(model(images, training=True))
+    grads = tape.gradient(loss, model.trainable_variables)
+    np.testing.assert_allclose(loss.numpy(), reference_loss.numpy(), rtol=1e-5)
+    for v, g in zip(model.trainable_variables, grads):
+        scale = np.abs(reference[v.path].numpy()).max()
+        np.testing.assert_allclose(g.numpy(), reference[v.path].numpy(), rtol=1e-4,
+                                   atol=1e-5 * scale, err_msg=v.path)
+
+
+def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
+    """oneDNN fuses BiasAddGrad into the kernel gradient, slower than the two apart
+    (BENCHMARKS.md): the training graph's conv layers have no BiasAddGrad."""
+    model = build_alexnet(**SMALL, seed=0)
+    step = _paper_train_step(model, 0.01)
+    graph = step.get_concrete_function(
+        tf.TensorSpec((4, 32, 32, 3)), tf.TensorSpec([4], tf.int32)).graph
+    live = _live_ops(graph)
+    filters = [op for op in live if op.type == "Conv2DBackpropFilter"]
+    assert len(filters) == 9  # conv1 once for both towers, conv2 .. conv5 per tower
+    assert [op.name for op in live if op.type == "BiasAddGrad" and "conv" in op.name] == []
 
 
 VARIANTS = {

@@ -8,6 +8,10 @@ runs it on one fixed random batch, then records --profile_steps steps with Tenso
 profiler and sums each op type's time over every host thread of the trace. The
 figures are milliseconds of thread time per step: with two cores busy, a step's
 wall time is about half their sum.
+
+It then splits the step's wall time by how many ops were running at once, and lists
+the ops that ran alone: those are the step's serial chain (conv1, LRN and pooling at
+either end of the small net's step), where an op's own speed is the step's.
 """
 
 import collections
@@ -34,13 +38,13 @@ _STEPS = flags.DEFINE_integer("profile_steps", 10, "Profiled steps.", lower_boun
 _TOP = flags.DEFINE_integer("top", 25, "Op types listed.", lower_bound=1)
 
 
-def op_thread_times(trace_dir):
-    """Op type -> (total duration in ms, count) over the host planes of one trace."""
+def op_events(trace_dir):
+    """[(start ps, end ps, node name, op type)] of the ops on the host planes of one trace."""
     path = glob.glob(os.path.join(trace_dir, "plugins", "profile", "*", "*.xplane.pb"))[0]
     space = xplane_pb2.XSpace()
     with open(path, "rb") as f:
         space.ParseFromString(f.read())
-    totals, counts = collections.Counter(), collections.Counter()
+    events = []
     for plane in space.planes:
         if not plane.name.startswith("/host:CPU"):
             continue
@@ -52,11 +56,39 @@ def op_thread_times(trace_dir):
                 # executor's own, and a function call's event encloses its ops.
                 if ":" not in name or "::" in name:
                     continue
-                op_type = name.split(":")[1].strip()
+                node, op_type = (part.strip() for part in name.split(":", 1))
                 if not op_type.startswith("__inference"):
-                    totals[op_type] += event.duration_ps / 1e9
-                    counts[op_type] += 1
+                    start = line.timestamp_ns * 1000 + event.offset_ps
+                    events.append((start, start + event.duration_ps, node, op_type))
+    return events
+
+
+def op_thread_times(events):
+    """Op type -> (total duration in ms, count)."""
+    totals, counts = collections.Counter(), collections.Counter()
+    for start, end, _, op_type in events:
+        totals[op_type] += (end - start) / 1e9
+        counts[op_type] += 1
     return totals, counts
+
+
+def concurrency(events):
+    """(ms with n ops running, for each n; ms each node ran with no other op running)."""
+    edges = sorted([(start, 1, i) for i, (start, _, _, _) in enumerate(events)]
+                   + [(end, -1, i) for i, (_, end, _, _) in enumerate(events)])
+    running, by_count, alone = set(), collections.Counter(), collections.Counter()
+    last = edges[0][0] if edges else 0
+    for time_ps, kind, i in edges:
+        span = (time_ps - last) / 1e9
+        by_count[len(running)] += span
+        if len(running) == 1:
+            alone[events[next(iter(running))][2]] += span
+        last = time_ps
+        if kind == 1:
+            running.add(i)
+        else:
+            running.discard(i)
+    return by_count, alone
 
 
 def main(argv):
@@ -79,7 +111,9 @@ def main(argv):
             step(images, labels, rate, stop)[0].numpy()
             walls.append(time.perf_counter() - started)
         tf.profiler.experimental.stop()
-        totals, counts = op_thread_times(trace_dir)
+        events = op_events(trace_dir)
+    totals, counts = op_thread_times(events)
+    by_count, alone = concurrency(events)
     steps = _STEPS.value
     total = sum(totals.values())
     print(f"{net} net, batch 128, {steps} profiled steps; wall time per step (median, "
@@ -89,6 +123,15 @@ def main(argv):
     for op_type, duration in totals.most_common(_TOP.value):
         print(f"{op_type:40s} {duration / steps:8.2f} {counts[op_type] / steps:10.1f} "
               f"{100 * duration / total:5.1f}%")
+    # Between the first op's start and the last op's end: the steps and the gaps
+    # between them.
+    span = sum(by_count.values())
+    print("\nwall time per step by the number of ops running at once (ms, share): "
+          + ", ".join(f"{n}: {ms / steps:.1f} ({100 * ms / span:.0f}%)"
+                      for n, ms in sorted(by_count.items())))
+    print(f"{'ops that ran alone (the serial chain)':72s} {'ms/step':>8s}")
+    for node, duration in alone.most_common(_TOP.value // 2):
+        print(f"{node[-72:]:72s} {duration / steps:8.2f}")
 
 
 if __name__ == "__main__":
