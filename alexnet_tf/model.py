@@ -244,7 +244,11 @@ def conv_bias_activation(conv, x, kernel, bias):
 
         def backward(dy):
             d_pre = tape.gradient(y, pre_activation, output_gradients=dy)
-            dx, d_kernel = tape.gradient(z, [x, kernel], output_gradients=d_pre)
+            dx = tape.gradient(z, x, output_gradients=d_pre)
+            if isinstance(conv, OverhangConv2D):
+                d_kernel = conv.kernel_gradient(x, kernel, d_pre)
+            else:
+                d_kernel = tape.gradient(z, kernel, output_gradients=d_pre)
             d_bias = tf.reduce_sum(tf.cast(d_pre, tf.float32), axis=[0, 1, 2])
             return dx, d_kernel, tf.cast(d_bias, bias.dtype)
 
@@ -500,6 +504,16 @@ class OverhangConv2D(keras.layers.Conv2D):
         return tf.nn.conv2d(
             inputs, kernel, strides=self.strides, padding=[[0, 0], [0, rows], [0, cols], [0, 0]]
         )
+
+    def kernel_gradient(self, inputs, kernel, output_gradient):
+        """The kernel's gradient, computed on the input with the overhang's zeros
+        appended: TensorFlow's CPU kernel gradient with explicit padding is its generic
+        one, slower than oneDNN's on the padded copy (BENCHMARKS.md)."""
+        rows, cols = self.overhang
+        padded = tf.pad(inputs, [[0, 0], [0, rows], [0, cols], [0, 0]])
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=padded, filter_sizes=tf.shape(kernel), out_backprop=output_gradient,
+            strides=[1, *self.strides, 1], padding="VALID")
 
     def compute_output_shape(self, input_shape):
         n, h, w, c = input_shape

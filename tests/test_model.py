@@ -256,6 +256,33 @@ def test_small_model_gradients_are_tensorflows():
                                    atol=1e-5 * scale, err_msg=v.path)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_overhang_conv_gradients_are_tensorflows(activation):
+    """conv1 of the paper's geometry (stride 4, zeros hanging over the bottom and right
+    edges): its own gradient, the kernel's on a padded copy, against TensorFlow's."""
+    conv = alexnet_model.OverhangConv2D(4, 5, strides=4, overhang=(2, 2), activation=activation)
+    conv.build((None, 19, 19, 3))
+    x = tf.random.stateless_normal([2, 19, 19, 3], seed=[5, 6])
+    kernel = tf.random.stateless_normal([5, 5, 3, 4], seed=[7, 8])
+    bias = tf.constant([0.5, -0.5, 0.0, 1.0])
+    dy = tf.random.stateless_normal([2, 5, 5, 4], seed=[9, 10])
+
+    def stock(x, kernel, bias):
+        z = tf.nn.conv2d(x, kernel, 4, [[0, 0], [0, 2], [0, 2], [0, 0]])
+        return getattr(tf.nn, activation)(z + bias)
+
+    grads = {}
+    for name, fn in (("own", lambda *a: alexnet_model.conv_bias_activation(conv, *a)),
+                     ("stock", stock)):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel, bias])
+            y = fn(x, kernel, bias)
+        grads[name] = (y, *tape.gradient(y, [x, kernel, bias], output_gradients=dy))
+    assert grads["own"][0].shape == (2, 5, 5, 4)
+    for own, stock_value in zip(grads["own"], grads["stock"]):
+        np.testing.assert_allclose(own.numpy(), stock_value.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
     """oneDNN fuses BiasAddGrad into the kernel gradient, slower than the two apart
     (BENCHMARKS.md): the training graph's conv layers have no BiasAddGrad."""

@@ -22,6 +22,11 @@ Beside it, in turns within each round so that a change of load hits all alike:
                   layers (forward and backward) as XLA-compiled functions.
   mixed_bfloat16  (with --mixed_bfloat16) the trainer's step with
                   --mixed_precision=bfloat16.
+  stock_conv_gradient  (with --stock_conv_gradient) the trainer's step with the
+                  convolutions' gradients left to TensorFlow (the bias's through
+                  BiasAddGrad, which the CPU rewriter fuses into oneDNN's
+                  Conv2DBackpropFilterWithBias) instead of
+                  `model.conv_bias_activation`'s.
 
 The limit is the float32 matrix-multiply rate measured in the same run, between the
 rounds: the best median of tf.matmul on square float32 matrices (--matmul_size),
@@ -64,6 +69,8 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Steps per model per round (0: 10 for 
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps of every model before timing.")
 _PLAIN_KERAS = flags.DEFINE_bool("plain_keras", True, "Also time the plain Keras net.")
 _BFLOAT16 = flags.DEFINE_bool("mixed_bfloat16", False, "Also time --mixed_precision=bfloat16.")
+_STOCK_CONV_GRADIENT = flags.DEFINE_bool(
+    "stock_conv_gradient", False, "Also time the step with TensorFlow's own conv gradients.")
 _MATMUL_SIZES = flags.DEFINE_multi_integer(
     "matmul_size", [1024, 2048], "Sides of the square matrices of the limit; the best counts.")
 
@@ -90,6 +97,29 @@ def trainer_step(config, num_classes, batch_size):
             weight_decay=config.weight_decay, decay_biases=config.decay_biases)
     step = trainer.make_train_step(network, optimizer, distribution.strategy, batch_size)
     return step, network
+
+
+def stock_conv_gradient_step(config, num_classes, batch_size):
+    """The trainer's step, its convolutions differentiated by TensorFlow's own gradients."""
+
+    def stock(conv, x, kernel, bias):
+        return conv.activation(tf.nn.bias_add(conv.convolution_op(x, kernel), bias))
+
+    own = model_lib.conv_bias_activation
+    model_lib.conv_bias_activation = stock
+    try:
+        step, network = trainer_step(config, num_classes, batch_size)
+        # Traced now, while the stock function is in place.
+        step.get_concrete_function(*step_signature(network, batch_size))
+    finally:
+        model_lib.conv_bias_activation = own
+    return step, network
+
+
+def step_signature(network, batch_size):
+    return (tf.TensorSpec((batch_size,) + tuple(network.input_shape[1:]), tf.float32),
+            tf.TensorSpec((batch_size,), tf.int32), tf.TensorSpec((), tf.float32),
+            tf.TensorSpec((), tf.float32))
 
 
 def plain_keras_alexnet(size, num_classes, input_shape):
@@ -199,6 +229,8 @@ def bench_net(net, batch_size, rates):
     if _BFLOAT16.value:
         steps["mixed_bfloat16"] = trainer_step(net_config(net, mixed_precision="bfloat16"),
                                                num_classes, batch_size)
+    if _STOCK_CONV_GRADIENT.value:
+        steps["stock_conv_gradient"] = stock_conv_gradient_step(config, num_classes, batch_size)
     forward, training = training_flops_per_image(steps["trainer"][1], input_shape)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(0.0, 50.0, (batch_size,) + input_shape).astype(np.float32))
@@ -225,7 +257,7 @@ def report(net, result, limit, batch_size):
     for name, ts in result["times"].items():
         medians[name] = statistics.median(ts)
         rate = result["training"] * batch_size / medians[name]
-        print(f"  {name:15s} step median {medians[name] * 1000:8.1f} ms (min "
+        print(f"  {name:19s} step median {medians[name] * 1000:8.1f} ms (min "
               f"{min(ts) * 1000:.1f}, max {max(ts) * 1000:.1f}, {len(ts)} steps), "
               f"{batch_size / medians[name]:7.1f} images/s, {rate / 1e9:6.1f} GFLOP/s = "
               f"{rate / limit:.2f} of tf.matmul")
@@ -235,6 +267,9 @@ def report(net, result, limit, batch_size):
           f"{'met' if fraction >= target else 'not met'})")
     if "plain_keras" in medians:
         print(f"  trainer over plain Keras: {medians['plain_keras'] / medians['trainer']:.2f}x")
+    if "stock_conv_gradient" in medians:
+        print(f"  trainer over TensorFlow's own conv gradients: "
+              f"{medians['stock_conv_gradient'] / medians['trainer']:.3f}x")
     if "mixed_bfloat16" in medians:
         print(f"  mixed bfloat16 over float32: "
               f"{medians['trainer'] / medians['mixed_bfloat16']:.2f}x")
