@@ -236,19 +236,23 @@ def conv_bias_activation(conv, x, kernel, bias):
 
     @tf.custom_gradient
     def forward(x, kernel, bias):
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch([x, kernel])
+        # Two tapes, so that eagerly each gradient below runs each op's gradient once.
+        # Persistent, so that an outer persistent tape may ask for gradients twice.
+        with tf.GradientTape(persistent=True) as conv_tape:
+            conv_tape.watch([x, kernel])
             z = conv.convolution_op(x, kernel)
-            pre_activation = tf.nn.bias_add(z, bias)
+        pre_activation = tf.nn.bias_add(z, bias)
+        with tf.GradientTape(persistent=True) as activation_tape:
+            activation_tape.watch(pre_activation)
             y = conv.activation(pre_activation)
 
         def backward(dy):
-            d_pre = tape.gradient(y, pre_activation, output_gradients=dy)
-            dx = tape.gradient(z, x, output_gradients=d_pre)
+            d_pre = activation_tape.gradient(y, pre_activation, output_gradients=dy)
             if isinstance(conv, OverhangConv2D):
+                dx = conv_tape.gradient(z, x, output_gradients=d_pre)
                 d_kernel = conv.kernel_gradient(x, kernel, d_pre)
             else:
-                d_kernel = tape.gradient(z, kernel, output_gradients=d_pre)
+                dx, d_kernel = conv_tape.gradient(z, [x, kernel], output_gradients=d_pre)
             d_bias = tf.reduce_sum(tf.cast(d_pre, tf.float32), axis=[0, 1, 2])
             return dx, d_kernel, tf.cast(d_bias, bias.dtype)
 
@@ -418,6 +422,7 @@ class TowerParallel(keras.layers.Layer):
         return (
             isinstance(first, keras.layers.Conv2D)
             and first.use_bias
+            and first.data_format == "channels_last"
             and all(len(s) == 1 and geometry(s[0]) == geometry(first) for s in self.stacks)
         )
 

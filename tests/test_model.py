@@ -256,8 +256,9 @@ def test_small_model_gradients_are_tensorflows():
                                    atol=1e-5 * scale, err_msg=v.path)
 
 
+@pytest.mark.parametrize("graph", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_overhang_conv_gradients_are_tensorflows(activation):
+def test_overhang_conv_gradients_are_tensorflows(activation, graph):
     """conv1 of the paper's geometry (stride 4, zeros hanging over the bottom and right
     edges): its own gradient, the kernel's on a padded copy, against TensorFlow's."""
     conv = alexnet_model.OverhangConv2D(4, 5, strides=4, overhang=(2, 2), activation=activation)
@@ -271,16 +272,30 @@ def test_overhang_conv_gradients_are_tensorflows(activation):
         z = tf.nn.conv2d(x, kernel, 4, [[0, 0], [0, 2], [0, 2], [0, 0]])
         return getattr(tf.nn, activation)(z + bias)
 
-    grads = {}
-    for name, fn in (("own", lambda *a: alexnet_model.conv_bias_activation(conv, *a)),
-                     ("stock", stock)):
+    def with_gradients(fn):
         with tf.GradientTape() as tape:
             tape.watch([x, kernel, bias])
             y = fn(x, kernel, bias)
-        grads[name] = (y, *tape.gradient(y, [x, kernel, bias], output_gradients=dy))
+        return (y, *tape.gradient(y, [x, kernel, bias], output_gradients=dy))
+
+    grads = {}
+    for name, fn in (("own", lambda *a: alexnet_model.conv_bias_activation(conv, *a)),
+                     ("stock", stock)):
+        grads[name] = (tf.function(with_gradients) if graph else with_gradients)(fn)
     assert grads["own"][0].shape == (2, 5, 5, 4)
     for own, stock_value in zip(grads["own"], grads["stock"]):
         np.testing.assert_allclose(own.numpy(), stock_value.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_paper_conv1_kernel_gradient_has_no_explicit_padding(paper_model):
+    """TensorFlow's CPU kernel gradient with explicit padding is its generic one: the
+    paper net's conv1 (the overhang as padding) takes it on a padded copy instead."""
+    step = _paper_train_step(paper_model, 0.01)
+    graph = step.get_concrete_function(
+        tf.TensorSpec((2, 224, 224, 3)), tf.TensorSpec([2], tf.int32)).graph
+    filters = [op for op in _live_ops(graph) if op.type == "Conv2DBackpropFilter"]
+    assert len(filters) == 9
+    assert [op.name for op in filters if op.get_attr("padding") == b"EXPLICIT"] == []
 
 
 def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
