@@ -12,6 +12,9 @@ wall time is about half their sum.
 It then splits the step's wall time by how many ops were running at once, and lists
 the ops that ran alone: those are the step's serial chain (conv1, LRN and pooling at
 either end of the small net's step), where an op's own speed is the step's.
+
+With --stock_conv_gradient it profiles, instead, the step with TensorFlow's own conv
+gradients (as tools/bench_train_step.py --stock_conv_gradient times it).
 """
 
 import collections
@@ -95,7 +98,10 @@ def main(argv):
     del argv
     net = _NET.value
     config = bench_train_step.net_config(net)
-    step, _ = bench_train_step.trainer_step(config, bench_train_step.NETS[net][1], 128)
+    # --stock_conv_gradient (bench_train_step's flag): that step instead of the trainer's.
+    stock = bench_train_step._STOCK_CONV_GRADIENT.value
+    build = bench_train_step.stock_conv_gradient_step if stock else bench_train_step.trainer_step
+    step, _ = build(config, bench_train_step.NETS[net][1], 128)
     rng = np.random.default_rng(0)
     shape = (128, config.crop_size, config.crop_size, 3)
     images = tf.constant(rng.normal(0, 50, shape).astype(np.float32))
