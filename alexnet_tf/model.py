@@ -232,6 +232,10 @@ def conv_bias_activation(conv, x, kernel, bias):
     is a plain sum of the activation's gradient, which the rewriter leaves alone. The
     forward pass is the same ops (fused with the bias and the activation as before).
     Under mixed precision the bias's gradient is summed in float32. NHWC only.
+
+    A ReLU's gradient whose incoming gradient is an LRN's (conv1 and conv2 of the
+    paper's net) is taken in the LRN's gradient op, in the same pass
+    (`ops.relu_gradient_through_lrn`): the same values, one pass over the tensor fewer.
     """
 
     @tf.custom_gradient
@@ -247,7 +251,11 @@ def conv_bias_activation(conv, x, kernel, bias):
             y = conv.activation(pre_activation)
 
         def backward(dy):
-            d_pre = activation_tape.gradient(y, pre_activation, output_gradients=dy)
+            d_pre = None
+            if conv.activation is keras.activations.relu:
+                d_pre = ops.relu_gradient_through_lrn(dy, y)
+            if d_pre is None:
+                d_pre = activation_tape.gradient(y, pre_activation, output_gradients=dy)
             if isinstance(conv, OverhangConv2D):
                 dx = conv_tape.gradient(z, x, output_gradients=d_pre)
                 d_kernel = conv.kernel_gradient(x, kernel, d_pre)

@@ -299,3 +299,41 @@ def test_the_alpha_convention_in_the_op_the_reference_and_the_layer(convention, 
 def test_an_unknown_alpha_convention_is_refused():
     with pytest.raises(tf.errors.InvalidArgumentError, match="alpha_convention must be one of"):
         ops.local_response_normalization(tf.ones([1, 1, 1, 8]), alpha_convention="caffe")
+
+
+def lrn_gradient_op(dy, x, through_relu, **params):
+    alpha = ops.alpha_per_term(params.pop("alpha"), params["depth_radius"])
+    return ops.load_library().alexnet_tf_local_response_norm_grad(
+        dy, x, alpha=alpha, through_relu=through_relu, **params)
+
+
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float32, tf.float16, tf.bfloat16])
+@pytest.mark.parametrize("channels", [5, 16, 32])
+def test_gradient_through_relu_is_the_formula_times_input_above_zero(dtype, channels):
+    # 16 and 32 channels of float32 take the blocked path, 5 the per-pixel one. Half
+    # the inputs are exact zeros, as a ReLU leaves them.
+    rng = np.random.default_rng(channels)
+    x = np.maximum(rng.standard_normal((2, 5, 7, channels)), 0) * 20
+    dy = rng.standard_normal(x.shape)
+    # alpha as the op holds it (a float32 attribute), for the float64 comparison.
+    params = dict(depth_radius=2, bias=2.0, alpha=float(np.float32(1e-4)), beta=0.75)
+    xs, dys = stored(x, dtype), stored(dy, dtype)
+    dx = lrn_gradient_op(tf.cast(dy, dtype), tf.cast(x, dtype), True, **params)
+    expected = lrn_reference.lrn_grad(dys, xs, **params) * (xs > 0)
+    assert np.mean(xs == 0) > 0.4
+    assert np.all(np.asarray(tf.cast(dx, tf.float64))[xs == 0] == 0)
+    assert relative_error(dx, expected) < TOLERANCE[dtype] * 4
+
+
+@pytest.mark.parametrize("channels", [5, 16, 32])
+def test_gradient_through_relu_has_relugrad_s_exact_values(channels):
+    # Not close: the same bits as the two ops it replaces, so a training run is the
+    # same run with it or without it.
+    rng = np.random.default_rng(7)
+    x = tf.constant((np.maximum(rng.standard_normal((3, 6, 6, channels)), 0) * 30)
+                    .astype(np.float32))
+    dy = tf.constant(rng.standard_normal(x.shape).astype(np.float32))
+    params = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+    fused = lrn_gradient_op(dy, x, True, **params)
+    apart = tf.raw_ops.ReluGrad(gradients=lrn_gradient_op(dy, x, False, **params), features=x)
+    np.testing.assert_array_equal(fused.numpy().view(np.uint32), apart.numpy().view(np.uint32))

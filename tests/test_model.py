@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 from alexnet_tf import model as alexnet_model
+from alexnet_tf import ops
 from alexnet_tf.model import build_alexnet
 
 # Figure 2 / PAPER_SPEC.md, per image, both towers together.
@@ -311,6 +312,78 @@ def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
     assert [op.name for op in live if op.type == "BiasAddGrad" and "conv" in op.name] == []
 
 
+
+def _gradients_in_a_graph(model, images, labels, fuse, monkeypatch):
+    """The model's weight gradients from a tf.function, with or without ReLU gradients
+    taken in the LRN gradient op, and the live op types of that function's graph."""
+    if not fuse:
+        monkeypatch.setattr(ops, "relu_gradient_through_lrn", lambda gradient, relu_output: None)
+
+    @tf.function
+    def gradients(images, labels):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels, model(images, training=True)))
+        return tape.gradient(loss, model.trainable_variables)
+
+    graph = gradients.get_concrete_function(images, labels).graph
+    values = [g.numpy() for g in gradients(images, labels)]
+    monkeypatch.undo()
+    return values, _live_ops(graph)
+
+
+def test_relu_gradients_before_an_lrn_are_taken_in_its_gradient(monkeypatch):
+    """conv1's and conv2's ReLU gradients happen in the LRN gradient op, with the very
+    values (bit for bit) of a separate ReluGrad; the other conv layers keep theirs."""
+    model = build_alexnet(**SMALL, dropout_rate=0.0, seed=5)
+    images = tf.random.stateless_normal([4, 32, 32, 3], seed=[3, 4])
+    labels = tf.constant([1, 7, 3, 0])
+    fused, live = _gradients_in_a_graph(model, images, labels, True, monkeypatch)
+    apart, live_apart = _gradients_in_a_graph(model, images, labels, False, monkeypatch)
+    lrn_gradients = [op for op in live if op.type == "AlexnetTf>LocalResponseNormGrad"]
+    # LRN1 once on the merged towers, LRN2 per tower: all three through the ReLU.
+    assert [op.get_attr("through_relu") for op in lrn_gradients] == [True] * 3
+    relu_gradients = [op.name for op in live if op.type == "ReluGrad"]
+    assert len([op for op in live_apart if op.type == "ReluGrad"]) == len(relu_gradients) + 3
+    assert not any("conv1" in name or "conv2" in name for name in relu_gradients)
+    assert any("conv3" in name for name in relu_gradients)
+    for a, b in zip(fused, apart):
+        np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+def test_relu_gradient_stays_apart_where_the_output_has_another_use():
+    """A conv output read by the LRN and by something else gets the sum of both
+    gradients: that sum, not the LRN's gradient alone, goes through the ReLU."""
+    conv = keras.layers.Conv2D(8, 3, padding="same", activation="relu")
+    conv.build((None, 6, 6, 3))
+    x = tf.random.stateless_normal([2, 6, 6, 3], seed=[1, 1])
+
+    def loss_of(y, lrn, other_use):
+        loss = tf.reduce_sum(lrn(y) ** 2)
+        return loss + tf.reduce_sum(y * tf.range(8.0)) if other_use else loss
+
+    def own(other_use):
+        with tf.GradientTape() as tape:
+            y = alexnet_model.conv_bias_activation(conv, x, conv.kernel, conv.bias)
+            loss = loss_of(y, ops.local_response_normalization, other_use)
+        return tape.gradient(loss, conv.kernel)
+
+    def stock(other_use):
+        with tf.GradientTape() as tape:
+            y = tf.nn.relu(tf.nn.conv2d(x, conv.kernel, 1, "SAME") + conv.bias)
+            loss = loss_of(y, lambda t: tf.nn.local_response_normalization(t, 2, 2.0, 1e-4, 0.75),
+                           other_use)
+        return tape.gradient(loss, conv.kernel)
+
+    for other_use in (False, True):
+        step = tf.function(lambda: own(other_use))
+        types = [op.type for op in _live_ops(step.get_concrete_function().graph)]
+        assert types.count("ReluGrad") == int(other_use)
+        expected = stock(other_use).numpy()
+        np.testing.assert_allclose(step().numpy(), expected, rtol=1e-4,
+                                   atol=1e-6 * np.abs(expected).max())
+
+
 VARIANTS = {
     "paper_defaults": dict(),
     "tanh": dict(activation="tanh"),
@@ -453,14 +526,16 @@ def test_towers_are_placed_forward_and_backward_on_two_devices():
     assert problems == []
     for k, device in enumerate(("CPU:0", "CPU:1")):
         # Five conv layers per tower: forward, weight gradient, and input gradient for
-        # conv2 .. conv5 (the images need none); LRN after conv1 and conv2.
+        # conv2 .. conv5 (the images need none); LRN after conv1 and conv2, its
+        # gradient also taking the ReLU's before it.
         assert counts[("Conv2D", device)] == 5
         assert counts[("Conv2DBackpropFilter", device)] == 5
         assert counts[("Conv2DBackpropInput", device)] == 4
         assert counts[("AlexnetTf>LocalResponseNorm", device)] == 2
         assert counts[("AlexnetTf>LocalResponseNormGrad", device)] == 2
         assert counts[("MaxPoolGrad", device)] == 3
-        assert counts[("ReluGrad", device)] >= 7
+        # conv3, conv4, conv5, fc6, fc7; conv1's and conv2's are in the LRN gradients.
+        assert counts[("ReluGrad", device)] >= 5
     placed = 0
     for layer in model.layers[1:]:
         for k, stack in enumerate(layer.stacks):

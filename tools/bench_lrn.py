@@ -6,7 +6,10 @@ float32), in one run:
     tf.nn.local_response_normalization and its gradient (target: >= 10x faster);
   - forward, and forward + backward, against one elementwise op over the same
     tensor (`x * 2.0`), which reads and writes the tensor once and so measures
-    what memory allows (targets: forward within 2x, forward + backward within 4x).
+    what memory allows (targets: forward within 2x, forward + backward within 4x);
+  - the LRN's gradient followed by the ReLU's gradient (TensorFlow's ReluGrad), as
+    apart ops and as the one op the training step runs (`through_relu`), also at
+    the small net's LRN1 (conv1's output [128,32,32,32], towers side by side).
 
     python tools/bench_lrn.py [--repeats 15] [--batch 128] [--allocator bfc|malloc]
 
@@ -45,6 +48,8 @@ import tensorflow as tf  # noqa: E402
 from alexnet_tf import ops  # noqa: E402
 
 PAPER_SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}
+# The small net's LRN1 as the model runs it: each tower's 16 channels a pixel of their own.
+SMALL_LRN1_VIEW = (32, 64, 16)
 
 
 def median_seconds(fn, repeats):
@@ -117,6 +122,27 @@ def bench_shape(name, shape, batch, repeats):
     return ratios
 
 
+def bench_gradient_through_relu(name, shape, batch, repeats):
+    """The LRN's gradient and the ReLU's before it: two ops, or one (`through_relu`)."""
+    rng = np.random.default_rng(1)
+    full = (batch,) + shape
+    x = tf.constant(np.maximum(rng.standard_normal(full, dtype=np.float32), 0) * 4)
+    dy = tf.constant(rng.standard_normal(full, dtype=np.float32))
+    library = ops.load_library()
+    alpha = ops.alpha_per_term(ops.PAPER_LRN_ALPHA, ops.PAPER_LRN_DEPTH_RADIUS)
+
+    def gradient(through_relu):
+        return library.alexnet_tf_local_response_norm_grad(
+            dy, x, depth_radius=ops.PAPER_LRN_DEPTH_RADIUS, bias=ops.PAPER_LRN_BIAS,
+            alpha=alpha, beta=ops.PAPER_LRN_BETA, through_relu=through_relu)
+
+    apart = median_seconds(tf.function(
+        lambda: tf.raw_ops.ReluGrad(gradients=gradient(False), features=x)), repeats)
+    one = median_seconds(tf.function(lambda: gradient(True)), repeats)
+    print(f"\n{name} {list(full)}: LRN gradient then ReluGrad {apart * 1e3:.2f} ms, "
+          f"through_relu in one op {one * 1e3:.2f} ms: {apart / one:.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -132,6 +158,8 @@ def main():
         met &= ratios["ours fwd / (x * 2.0)"][0] <= 2
         met &= ratios["ours fwd+bwd / (x * 2.0)"][0] <= 4
     print("\nall targets met" if met else "\nSOME TARGETS MISSED")
+    for name, shape in {"small net LRN1": SMALL_LRN1_VIEW, **PAPER_SHAPES}.items():
+        bench_gradient_through_relu(name, shape, args.batch, args.repeats)
 
 
 if __name__ == "__main__":

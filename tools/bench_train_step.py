@@ -27,6 +27,9 @@ Beside it, in turns within each round so that a change of load hits all alike:
                   BiasAddGrad, which the CPU rewriter fuses into oneDNN's
                   Conv2DBackpropFilterWithBias) instead of
                   `model.conv_bias_activation`'s.
+  relu_gradient_apart  (with --relu_gradient_apart) the trainer's step with every
+                  ReLU's gradient its own op, none taken in the LRN gradient
+                  before it (`ops.relu_gradient_through_lrn`): the same values.
 
 The limit is the float32 matrix-multiply rate measured in the same run, between the
 rounds: the best median of tf.matmul on square float32 matrices (--matmul_size),
@@ -71,6 +74,9 @@ _PLAIN_KERAS = flags.DEFINE_bool("plain_keras", True, "Also time the plain Keras
 _BFLOAT16 = flags.DEFINE_bool("mixed_bfloat16", False, "Also time --mixed_precision=bfloat16.")
 _STOCK_CONV_GRADIENT = flags.DEFINE_bool(
     "stock_conv_gradient", False, "Also time the step with TensorFlow's own conv gradients.")
+_RELU_GRADIENT_APART = flags.DEFINE_bool(
+    "relu_gradient_apart", False,
+    "Also time the step with each ReLU's gradient apart from the LRN gradient before it.")
 _MATMUL_SIZES = flags.DEFINE_multi_integer(
     "matmul_size", [1024, 2048], "Sides of the square matrices of the limit; the best counts.")
 
@@ -113,6 +119,18 @@ def stock_conv_gradient_step(config, num_classes, batch_size):
         step.get_concrete_function(*step_signature(network, batch_size))
     finally:
         model_lib.conv_bias_activation = own
+    return step, network
+
+
+def relu_gradient_apart_step(config, num_classes, batch_size):
+    """The trainer's step with no ReLU gradient taken in an LRN gradient op."""
+    own = ops.relu_gradient_through_lrn
+    ops.relu_gradient_through_lrn = lambda gradient, relu_output: None
+    try:
+        step, network = trainer_step(config, num_classes, batch_size)
+        step.get_concrete_function(*step_signature(network, batch_size))
+    finally:
+        ops.relu_gradient_through_lrn = own
     return step, network
 
 
@@ -231,6 +249,8 @@ def bench_net(net, batch_size, rates):
                                                num_classes, batch_size)
     if _STOCK_CONV_GRADIENT.value:
         steps["stock_conv_gradient"] = stock_conv_gradient_step(config, num_classes, batch_size)
+    if _RELU_GRADIENT_APART.value:
+        steps["relu_gradient_apart"] = relu_gradient_apart_step(config, num_classes, batch_size)
     forward, training = training_flops_per_image(steps["trainer"][1], input_shape)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(0.0, 50.0, (batch_size,) + input_shape).astype(np.float32))
@@ -270,6 +290,9 @@ def report(net, result, limit, batch_size):
     if "stock_conv_gradient" in medians:
         print(f"  trainer over TensorFlow's own conv gradients: "
               f"{medians['stock_conv_gradient'] / medians['trainer']:.3f}x")
+    if "relu_gradient_apart" in medians:
+        print(f"  trainer over its ReLU gradients apart from the LRN's: "
+              f"{medians['relu_gradient_apart'] / medians['trainer']:.3f}x")
     if "mixed_bfloat16" in medians:
         print(f"  mixed bfloat16 over float32: "
               f"{medians['trainer'] / medians['mixed_bfloat16']:.2f}x")

@@ -59,9 +59,10 @@ def load_library(path):
     lib = ctypes.CDLL(path)
     i64, i32, dbl, vp = ctypes.c_int64, ctypes.c_int, ctypes.c_double, ctypes.c_void_p
     lib.alexnet_lrn_forward.argtypes = [i32, vp, vp, i64, i32, i32, dbl, dbl, dbl, i32, i32, vp]
-    lib.alexnet_lrn_backward.argtypes = [i32, vp, vp, vp, i64, i32, i32, dbl, dbl, dbl, i32, i32, vp]
+    lib.alexnet_lrn_backward.argtypes = [i32, vp, vp, vp, i64, i32, i32, dbl, dbl, dbl, i32, i32, i32,
+                                         vp]
     lib.alexnet_lrn_forward_host_f32.argtypes = [vp, vp, i64, i32, i32, dbl, dbl, dbl]
-    lib.alexnet_lrn_backward_host_f32.argtypes = [vp, vp, vp, i64, i32, i32, dbl, dbl, dbl]
+    lib.alexnet_lrn_backward_host_f32.argtypes = [vp, vp, vp, i64, i32, i32, dbl, dbl, dbl, i32]
     lib.alexnet_lrn_error_string.restype = ctypes.c_char_p
     return lib
 
@@ -83,21 +84,30 @@ def relative_error(actual, expected):
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
 
 
+def expected_gradient(dy, x, through_relu, **case):
+    """The LRN's gradient, and with through_relu on through the ReLU whose output x is."""
+    dx = lrn_reference.lrn_grad(dy, x, **case)
+    return dx * (x > 0) if through_relu else dx
+
+
 def check_host(lib, rng):
-    """The kernels' per-element code, compiled for the host, against NumPy (float32)."""
+    """The kernels' per-element code, compiled for the host, against NumPy (float32).
+
+    Every other case takes the gradient on through the ReLU (through_relu)."""
     worst = 0.0
-    for case in random_cases(rng, 40):
+    for i, case in enumerate(random_cases(rng, 40)):
         shape = case.pop("shape")
         x = rng.standard_normal(shape).astype(np.float32)
         dy = rng.standard_normal(shape).astype(np.float32)
         y, dx = np.empty_like(x), np.empty_like(x)
         pixels, channels = int(np.prod(shape[:-1])), shape[-1]
         args = (case["depth_radius"], case["bias"], case["alpha"], case["beta"])
+        through_relu = i % 2
         lib.alexnet_lrn_forward_host_f32(x.ctypes.data, y.ctypes.data, pixels, channels, *args)
         lib.alexnet_lrn_backward_host_f32(dy.ctypes.data, x.ctypes.data, dx.ctypes.data,
-                                          pixels, channels, *args)
+                                          pixels, channels, *args, through_relu)
         worst = max(worst, relative_error(y, lrn_reference.lrn(x, **case)),
-                    relative_error(dx, lrn_reference.lrn_grad(dy, x, **case)))
+                    relative_error(dx, expected_gradient(dy, x, through_relu, **case)))
     print(f"host float32: 40 random cases, worst relative error {worst:.2e} "
           f"(tolerance {TOLERANCE['float32']:.0e})")
     return worst <= TOLERANCE["float32"]
@@ -135,8 +145,9 @@ def check_gpu(lib, rng):
     ok = True
     for dtype in DTYPE_CODES:
         worst = 0.0
-        for case in random_cases(rng, 25):
+        for i, case in enumerate(random_cases(rng, 25)):
             shape = case.pop("shape")
+            through_relu = i % 2
             x_dev, x_stored = to_cupy(cp, rng.standard_normal(shape), dtype)
             dy_dev, dy_stored = to_cupy(cp, rng.standard_normal(shape), dtype)
             if dtype == "bfloat16":
@@ -147,18 +158,20 @@ def check_gpu(lib, rng):
             y_dev, dx_dev = cp.empty_like(x_dev), cp.empty_like(x_dev)
             pixels, channels = int(np.prod(shape[:-1])), shape[-1]
             grid, block = launch_config(cp, pixels * channels)
-            args = (case["depth_radius"], case["bias"], case["alpha"], case["beta"], grid, block, None)
+            params = (case["depth_radius"], case["bias"], case["alpha"], case["beta"])
+            launch = (grid, block, None)
             code = DTYPE_CODES[dtype]
-            status = lib.alexnet_lrn_forward(code, x_dev.data.ptr, y_dev.data.ptr, pixels, channels, *args)
+            status = lib.alexnet_lrn_forward(code, x_dev.data.ptr, y_dev.data.ptr, pixels, channels,
+                                             *params, *launch)
             status |= lib.alexnet_lrn_backward(code, dy_dev.data.ptr, x_dev.data.ptr, dx_dev.data.ptr,
-                                               pixels, channels, *args)
+                                               pixels, channels, *params, through_relu, *launch)
             cp.cuda.Device().synchronize()
             if status:
                 sys.exit(f"kernel launch failed: {lib.alexnet_lrn_error_string(status).decode()}")
             worst = max(worst,
                         relative_error(from_cupy(y_dev, dtype), lrn_reference.lrn(x_ref, **case)),
                         relative_error(from_cupy(dx_dev, dtype),
-                                       lrn_reference.lrn_grad(dy_ref, x_ref, **case)))
+                                       expected_gradient(dy_ref, x_ref, through_relu, **case)))
         passed = worst <= TOLERANCE[dtype]
         ok &= passed
         print(f"gpu {dtype:9s}: 25 random cases, worst relative error {worst:.2e} "
@@ -187,11 +200,13 @@ def time_gpu(lib, repeats=20):
         y, dx = cp.empty_like(x), cp.empty_like(x)
         pixels, channels = int(np.prod(shape[:-1])), shape[-1]
         grid, block = launch_config(cp, x.size)
-        args = (PAPER["depth_radius"], PAPER["bias"], PAPER["alpha"], PAPER["beta"], grid, block, None)
+        params = (PAPER["depth_radius"], PAPER["bias"], PAPER["alpha"], PAPER["beta"])
+        launch = (grid, block, None)
         copy_ms = median_ms(lambda: y.__setitem__(Ellipsis, x))
-        fwd_ms = median_ms(lambda: lib.alexnet_lrn_forward(2, x.data.ptr, y.data.ptr, pixels, channels, *args))
+        fwd_ms = median_ms(lambda: lib.alexnet_lrn_forward(2, x.data.ptr, y.data.ptr, pixels, channels,
+                                                           *params, *launch))
         bwd_ms = median_ms(lambda: lib.alexnet_lrn_backward(2, dy.data.ptr, x.data.ptr, dx.data.ptr,
-                                                            pixels, channels, *args))
+                                                            pixels, channels, *params, 0, *launch))
         nbytes = x.nbytes
         copy_bw = 2 * nbytes / copy_ms / 1e6  # read + write, GB/s
         fwd_bw = 2 * nbytes / fwd_ms / 1e6    # read x, write y

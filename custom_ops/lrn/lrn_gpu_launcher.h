@@ -29,11 +29,12 @@ int alexnet_lrn_forward(int dtype, const void* x, void* y, int64_t pixels,
                         double alpha, double beta, int grid, int block,
                         void* stream);
 
-// dx = d(LRN(x))/dx applied to dy.
+// dx = d(LRN(x))/dx applied to dy; with through_relu != 0, times (x > 0): on
+// through the ReLU whose output x is.
 int alexnet_lrn_backward(int dtype, const void* dy, const void* x, void* dx,
                          int64_t pixels, int channels, int depth_radius,
-                         double bias, double alpha, double beta, int grid,
-                         int block, void* stream);
+                         double bias, double alpha, double beta,
+                         int through_relu, int grid, int block, void* stream);
 
 // The same per-element code run on the host, float32 only: lets the kernel
 // bodies be checked against NumPy on a machine with nvcc but no GPU.
@@ -43,7 +44,7 @@ void alexnet_lrn_forward_host_f32(const float* x, float* y, int64_t pixels,
 void alexnet_lrn_backward_host_f32(const float* dy, const float* x, float* dx,
                                    int64_t pixels, int channels,
                                    int depth_radius, double bias, double alpha,
-                                   double beta);
+                                   double beta, int through_relu);
 
 const char* alexnet_lrn_error_string(int code);
 

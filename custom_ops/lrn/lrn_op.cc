@@ -89,6 +89,7 @@ REGISTER_OP("AlexnetTf>LocalResponseNormGrad")
     .Attr("bias: float = 2.0")
     .Attr("alpha: float = 0.0001")
     .Attr("beta: float = 0.75")
+    .Attr("through_relu: bool = false")
     .Attr("T: {half, bfloat16, float, double} = DT_FLOAT")
     .SetShapeFn([](InferenceContext* c) {
       ShapeHandle grads, input;
@@ -98,7 +99,13 @@ REGISTER_OP("AlexnetTf>LocalResponseNormGrad")
       c->set_output(0, input);
       return absl::OkStatus();
     })
-    .Doc("Gradient of AlexnetTf>LocalResponseNorm at `input`, applied to `grads`.");
+    .Doc(R"doc(
+Gradient of AlexnetTf>LocalResponseNorm at `input`, applied to `grads`.
+
+With through_relu, `input` is a ReLU's output and the gradient goes on through
+that ReLU in the same pass: each output multiplied by (input > 0), exactly as
+ReluGrad(output, input) would, without another pass over the tensor.
+)doc");
 
 namespace {
 
@@ -164,6 +171,13 @@ inline __m256 RsqrtRefined(__m256 v) {
                                          _mm256_mul_ps(y, y));
   return _mm256_mul_ps(y, _mm256_sub_ps(_mm256_set1_ps(1.5f), half_v_y2));
 }
+
+// g * (relu_output > 0), as TensorFlow's ReluGrad computes it (a product with 1 or 0,
+// so the same bits, signed zeros and NaNs included).
+inline __m256 ReluGrad8(__m256 g, __m256 relu_output) {
+  const __m256 active = _mm256_cmp_ps(relu_output, _mm256_setzero_ps(), _CMP_GT_OQ);
+  return _mm256_mul_ps(g, _mm256_and_ps(active, _mm256_set1_ps(1.0f)));
+}
 #endif
 
 // From window sums s: n = bias + alpha s, scale = n^-beta and, if inv_norm is
@@ -197,7 +211,9 @@ void ScalesFromSums(const A* __restrict__ sums, int channels, A bias, A alpha,
   }
 }
 
-// out[c] = a[c] * b[c] - k * d[c] * e[c] (k = 0 and d = e = null for a plain product).
+// out[c] = a[c] * b[c] - k * d[c] * e[c] (k = 0 and d = e = null for a plain product),
+// times (relu_output[c] > 0) when relu_output is not null: ReluGrad's arithmetic, a
+// product with 1 or 0.
 // The paper net's outputs are hundreds of MB, far beyond the caches: with `stream`,
 // float32 rows aligned to 32 bytes are written with non-temporal stores, which skip
 // reading each cache line before overwriting it, a quarter to a third of the op's
@@ -205,8 +221,8 @@ void ScalesFromSums(const A* __restrict__ sums, int channels, A bias, A alpha,
 // next op reads at once) are stored normally, to stay there.
 template <typename T, typename A>
 void WriteOutputRow(T* __restrict__ out, const A* __restrict__ a, const A* __restrict__ b,
-                    A k, const A* __restrict__ d, const A* __restrict__ e, int channels,
-                    bool stream) {
+                    A k, const A* __restrict__ d, const A* __restrict__ e,
+                    const A* __restrict__ relu_output, int channels, bool stream) {
   int c = 0;
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same_v<T, float> && std::is_same_v<A, float>) {
@@ -218,6 +234,7 @@ void WriteOutputRow(T* __restrict__ out, const A* __restrict__ a, const A* __res
         v = _mm256_fnmadd_ps(_mm256_mul_ps(vk, _mm256_loadu_ps(d + c)),
                              _mm256_loadu_ps(e + c), v);
       }
+      if (relu_output != nullptr) v = ReluGrad8(v, _mm256_loadu_ps(relu_output + c));
       if (stream && aligned) {
         _mm256_stream_ps(out + c, v);
       } else {
@@ -229,6 +246,7 @@ void WriteOutputRow(T* __restrict__ out, const A* __restrict__ a, const A* __res
   for (; c < channels; ++c) {
     A v = a[c] * b[c];
     if (d != nullptr) v -= k * d[c] * e[c];
+    if (relu_output != nullptr) v *= relu_output[c] > A(0) ? A(1) : A(0);
     out[c] = static_cast<T>(v);
   }
 }
@@ -316,7 +334,7 @@ inline void BackwardBlockFloat8(const float* __restrict__ dy, const float* __res
                                 float* __restrict__ dx, float* __restrict__ rows,
                                 float* __restrict__ scales, int pixels, int channels, int r,
                                 __m256 vbias, __m256 valpha, __m256 two_alpha_beta,
-                                bool stream) {
+                                bool through_relu, bool stream) {
   BlockSquares(x, rows, pixels, channels, r);
   const int stride = channels + 2 * r;
   for (int i = 0; i < pixels; ++i) {
@@ -343,10 +361,11 @@ inline void BackwardBlockFloat8(const float* __restrict__ dy, const float* __res
     const int64_t offset = int64_t{i} * channels;
     for (int c = 0; c < channels; c += 8) {
       const __m256 sum = WindowSum8(rows + i * stride, c, r);
+      const __m256 xv = _mm256_loadu_ps(x + offset + c);
       __m256 v = _mm256_mul_ps(_mm256_loadu_ps(dy + offset + c),
                                _mm256_loadu_ps(scales + offset + c));
-      v = _mm256_fnmadd_ps(_mm256_mul_ps(two_alpha_beta, _mm256_loadu_ps(x + offset + c)),
-                           sum, v);
+      v = _mm256_fnmadd_ps(_mm256_mul_ps(two_alpha_beta, xv), sum, v);
+      if (through_relu) v = ReluGrad8(v, xv);
       Store8(dx + offset + c, v, stream);
     }
   }
@@ -388,7 +407,8 @@ void ForwardPixels(const LrnParams& p, const T* x, T* y, int64_t begin,
     ScalesFromSums(sums.data(), channels, A(p.bias), A(p.alpha), A(p.beta),
                    scale.data(), static_cast<A*>(nullptr));
     WriteOutputRow(yp, xs, scale.data(), A(0), static_cast<const A*>(nullptr),
-                   static_cast<const A*>(nullptr), channels, stream);
+                   static_cast<const A*>(nullptr), static_cast<const A*>(nullptr), channels,
+                   stream);
   }
 #if defined(__AVX2__)
   _mm_sfence();  // non-temporal stores are visible before the op completes
@@ -416,7 +436,7 @@ void BackwardPixels(const LrnParams& p, const T* dy, const T* x, T* dx,
         const int pixels = static_cast<int>(std::min<int64_t>(kPixelBlock, end - pixel));
         const int64_t offset = pixel * channels;
         BackwardBlockFloat8(dy + offset, x + offset, dx + offset, rows.data(), scales.data(),
-                            pixels, channels, r, vbias, valpha, vk, stream);
+                            pixels, channels, r, vbias, valpha, vk, p.through_relu, stream);
       }
       _mm_sfence();
       return;
@@ -439,7 +459,7 @@ void BackwardPixels(const LrnParams& p, const T* dy, const T* x, T* dx,
     }
     WindowSums(padded.data(), channels, r, sums.data());
     WriteOutputRow(dx + offset, dys, scale.data(), two_alpha_beta, xs, sums.data(),
-                   channels, stream);
+                   p.through_relu ? xs : nullptr, channels, stream);
   }
 #if defined(__AVX2__)
   _mm_sfence();
@@ -547,7 +567,9 @@ class LrnOp : public LrnKernelBase {
 template <typename Device, typename T>
 class LrnGradOp : public LrnKernelBase {
  public:
-  using LrnKernelBase::LrnKernelBase;
+  explicit LrnGradOp(OpKernelConstruction* ctx) : LrnKernelBase(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("through_relu", &params_.through_relu));
+  }
 
   void Compute(OpKernelContext* ctx) override {
     const Tensor& grads = ctx->input(0);
@@ -645,8 +667,8 @@ struct LrnBackward<GPUDevice, T> {
     OP_REQUIRES_OK(ctx, GpuLaunchConfigFor(ctx, pixels * channels, &config));
     const int status = alexnet_lrn_backward(
         LauncherDtype<T>::value, dy, x, dx, pixels, channels, p.depth_radius,
-        p.bias, p.alpha, p.beta, config.block_count, config.thread_per_block,
-        ctx->eigen_device<GPUDevice>().stream());
+        p.bias, p.alpha, p.beta, p.through_relu, config.block_count,
+        config.thread_per_block, ctx->eigen_device<GPUDevice>().stream());
     OP_REQUIRES(ctx, status == 0,
                 errors::Internal("LRN gradient kernel launch failed: ",
                                  alexnet_lrn_error_string(status)));

@@ -15,6 +15,8 @@ struct LrnParams {
   float bias;
   float alpha;
   float beta;
+  // The gradient only: also through the ReLU whose output is the LRN's input.
+  bool through_relu = false;
 };
 
 // y = LRN(x), x and y of [pixels, channels].
@@ -24,7 +26,8 @@ struct LrnForward {
                   const T* x, T* y, int64_t pixels, int channels);
 };
 
-// dx = gradient of LRN at x applied to dy, all of [pixels, channels].
+// dx = gradient of LRN at x applied to dy, all of [pixels, channels]; with
+// params.through_relu, times (x > 0).
 template <typename Device, typename T>
 struct LrnBackward {
   void operator()(tensorflow::OpKernelContext* ctx, const LrnParams& params,

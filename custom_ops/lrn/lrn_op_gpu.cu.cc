@@ -91,13 +91,15 @@ __host__ __device__ inline T ForwardElement(const T* x, int64_t i,
   return FromAcc<T>(ToAcc(x[i]) * NegPow(n, beta));
 }
 
-// dx_j = dy_j n_j^-beta - 2 alpha beta x_j sum_{i in window(j)} dy_i x_i n_i^(-beta-1)
+// dx_j = dy_j n_j^-beta - 2 alpha beta x_j sum_{i in window(j)} dy_i x_i n_i^(-beta-1),
+// times (x_j > 0) with through_relu (ReluGrad's product with 1 or 0).
 template <typename T>
 __host__ __device__ inline T BackwardElement(const T* dy, const T* x,
                                              int64_t e, int channels, int r,
                                              typename Acc<T>::type bias,
                                              typename Acc<T>::type alpha,
-                                             typename Acc<T>::type beta) {
+                                             typename Acc<T>::type beta,
+                                             bool through_relu) {
   using A = typename Acc<T>::type;
   const int c = static_cast<int>(e % channels);
   const int64_t base = e - c;
@@ -111,8 +113,9 @@ __host__ __device__ inline T BackwardElement(const T* dy, const T* x,
     if (i == c) own_scale = scale;
     cross += ToAcc(dy[base + i]) * ToAcc(x[base + i]) * scale / n;
   }
-  return FromAcc<T>(ToAcc(dy[e]) * own_scale -
-                    A(2) * alpha * beta * ToAcc(x[e]) * cross);
+  A dx = ToAcc(dy[e]) * own_scale - A(2) * alpha * beta * ToAcc(x[e]) * cross;
+  if (through_relu) dx *= ToAcc(x[e]) > A(0) ? A(1) : A(0);
+  return FromAcc<T>(dx);
 }
 
 template <typename T>
@@ -133,10 +136,11 @@ __global__ void LrnBackwardKernel(const T* __restrict__ dy,
                                   int64_t count, int channels, int r,
                                   typename Acc<T>::type bias,
                                   typename Acc<T>::type alpha,
-                                  typename Acc<T>::type beta) {
+                                  typename Acc<T>::type beta,
+                                  bool through_relu) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count;
        i += int64_t(blockDim.x) * gridDim.x) {
-    dx[i] = BackwardElement(dy, x, i, channels, r, bias, alpha, beta);
+    dx[i] = BackwardElement(dy, x, i, channels, r, bias, alpha, beta, through_relu);
   }
 }
 
@@ -156,13 +160,14 @@ int LaunchForward(const void* x, void* y, int64_t pixels, int channels, int r,
 template <typename T>
 int LaunchBackward(const void* dy, const void* x, void* dx, int64_t pixels,
                    int channels, int r, double bias, double alpha, double beta,
-                   int grid, int block, void* stream) {
+                   int through_relu, int grid, int block, void* stream) {
   using A = typename Acc<T>::type;
   const int64_t count = pixels * channels;
   if (count == 0) return 0;
   LrnBackwardKernel<T><<<grid, block, 0, static_cast<cudaStream_t>(stream)>>>(
       static_cast<const T*>(dy), static_cast<const T*>(x),
-      static_cast<T*>(dx), count, channels, r, A(bias), A(alpha), A(beta));
+      static_cast<T*>(dx), count, channels, r, A(bias), A(alpha), A(beta),
+      through_relu != 0);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -194,22 +199,25 @@ int alexnet_lrn_forward(int dtype, const void* x, void* y, int64_t pixels,
 
 int alexnet_lrn_backward(int dtype, const void* dy, const void* x, void* dx,
                          int64_t pixels, int channels, int depth_radius,
-                         double bias, double alpha, double beta, int grid,
-                         int block, void* stream) {
+                         double bias, double alpha, double beta,
+                         int through_relu, int grid, int block, void* stream) {
   switch (dtype) {
     case ALEXNET_LRN_FLOAT16:
       return LaunchBackward<__half>(dy, x, dx, pixels, channels, depth_radius,
-                                    bias, alpha, beta, grid, block, stream);
+                                    bias, alpha, beta, through_relu, grid,
+                                    block, stream);
     case ALEXNET_LRN_BFLOAT16:
       return LaunchBackward<__nv_bfloat16>(dy, x, dx, pixels, channels,
                                            depth_radius, bias, alpha, beta,
-                                           grid, block, stream);
+                                           through_relu, grid, block, stream);
     case ALEXNET_LRN_FLOAT32:
       return LaunchBackward<float>(dy, x, dx, pixels, channels, depth_radius,
-                                   bias, alpha, beta, grid, block, stream);
+                                   bias, alpha, beta, through_relu, grid,
+                                   block, stream);
     case ALEXNET_LRN_FLOAT64:
       return LaunchBackward<double>(dy, x, dx, pixels, channels, depth_radius,
-                                    bias, alpha, beta, grid, block, stream);
+                                    bias, alpha, beta, through_relu, grid,
+                                    block, stream);
   }
   return -1;
 }
@@ -226,10 +234,10 @@ void alexnet_lrn_forward_host_f32(const float* x, float* y, int64_t pixels,
 void alexnet_lrn_backward_host_f32(const float* dy, const float* x, float* dx,
                                    int64_t pixels, int channels,
                                    int depth_radius, double bias, double alpha,
-                                   double beta) {
+                                   double beta, int through_relu) {
   for (int64_t i = 0; i < pixels * channels; ++i) {
     dx[i] = BackwardElement(dy, x, i, channels, depth_radius, float(bias),
-                            float(alpha), float(beta));
+                            float(alpha), float(beta), through_relu != 0);
   }
 }
 
