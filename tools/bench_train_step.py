@@ -105,33 +105,32 @@ def trainer_step(config, num_classes, batch_size):
     return step, network
 
 
+def _traced_with(module, name, replacement, config, num_classes, batch_size):
+    """The trainer's step traced while module.name is replacement."""
+    own = getattr(module, name)
+    setattr(module, name, replacement)
+    try:
+        step, network = trainer_step(config, num_classes, batch_size)
+        step.get_concrete_function(*step_signature(network, batch_size))
+    finally:
+        setattr(module, name, own)
+    return step, network
+
+
 def stock_conv_gradient_step(config, num_classes, batch_size):
     """The trainer's step, its convolutions differentiated by TensorFlow's own gradients."""
 
     def stock(conv, x, kernel, bias):
         return conv.activation(tf.nn.bias_add(conv.convolution_op(x, kernel), bias))
 
-    own = model_lib.conv_bias_activation
-    model_lib.conv_bias_activation = stock
-    try:
-        step, network = trainer_step(config, num_classes, batch_size)
-        # Traced now, while the stock function is in place.
-        step.get_concrete_function(*step_signature(network, batch_size))
-    finally:
-        model_lib.conv_bias_activation = own
-    return step, network
+    return _traced_with(model_lib, "conv_bias_activation", stock, config, num_classes,
+                        batch_size)
 
 
 def relu_gradient_apart_step(config, num_classes, batch_size):
     """The trainer's step with no ReLU gradient taken in an LRN gradient op."""
-    own = ops.relu_gradient_through_lrn
-    ops.relu_gradient_through_lrn = lambda gradient, relu_output: None
-    try:
-        step, network = trainer_step(config, num_classes, batch_size)
-        step.get_concrete_function(*step_signature(network, batch_size))
-    finally:
-        ops.relu_gradient_through_lrn = own
-    return step, network
+    return _traced_with(ops, "relu_gradient_through_lrn", lambda gradient, relu_output: None,
+                        config, num_classes, batch_size)
 
 
 def step_signature(network, batch_size):
