@@ -51,6 +51,10 @@ _LIBRARY_DIR = os.path.dirname(os.path.abspath(__file__))
 _LIBRARY_GLOB = "_ops*.so"
 # Written into the library by setup.py (see alexnet_tf_build_stamp in lrn_op.cc).
 _BUILD_STAMP = re.compile(rb"alexnet_tf-built-for-tensorflow=([^;\x00]*);")
+# The ops' interface (inputs and attributes) this package's Python code calls; the
+# library states the version it was built from (lrn_op.cc).
+OPS_VERSION = 2
+_OPS_VERSION_STAMP = re.compile(rb"alexnet_tf-ops-version=(\d+);")
 
 
 class OpLibraryError(RuntimeError):
@@ -76,7 +80,8 @@ def load_library():
         )
     path = candidates[0]
     with open(path, "rb") as f:
-        stamp = _BUILD_STAMP.search(f.read())
+        contents = f.read()
+    stamp = _BUILD_STAMP.search(contents)
     built_for = stamp.group(1).decode() if stamp else "an unknown version"
     # A C++ op built against other TensorFlow headers can crash at load or at run
     # time (the framework's ABI is not stable across versions), so refuse first.
@@ -84,6 +89,13 @@ def load_library():
         raise OpLibraryError(
             f"{path} was built against TensorFlow {built_for}, but TensorFlow "
             f"{tf.__version__} is installed. " + _rebuild_hint()
+        )
+    version = _OPS_VERSION_STAMP.search(contents)
+    if version is None or int(version.group(1)) != OPS_VERSION:
+        built_from = f"version {version.group(1).decode()}" if version else "an older version"
+        raise OpLibraryError(
+            f"{path} was built from {built_from} of the ops' sources; this package "
+            f"calls version {OPS_VERSION}. " + _rebuild_hint()
         )
     try:
         return tf.load_op_library(path)
@@ -198,14 +210,15 @@ def relu_gradient_through_lrn(gradient, relu_output):
     `gradient`, in its own pass, or None where the graph is not that.
 
     A ReLU's gradient reads and writes a whole tensor; where that tensor is an LRN's
-    input (conv1's and conv2's outputs, 2-4% of the small net's training step on two
-    CPU cores), the LRN's gradient op can multiply each of its outputs by
-    (relu_output > 0) as it writes them instead (`through_relu`). This applies only
-    in a graph, and only when `gradient` is the output of one of this op's gradients
-    whose LRN read `relu_output` itself, through reshapes and identities alone (the
-    merged towers' view, a custom gradient's identity). It adds an op beside the
-    LRN's own gradient, which the graph then prunes unless another gradient reads
-    it: the values are exactly ReluGrad's.
+    input (conv1's and conv2's outputs), the LRN's gradient op can multiply each of
+    its outputs by (relu_output > 0) as it writes them instead (`through_relu`;
+    BENCHMARKS.md times the training step with and without it).
+    This applies only in a graph, and only when `gradient` is the output of one of
+    this op's gradients whose LRN read `relu_output` itself, through reshapes and
+    identities alone (the merged towers' view, a custom gradient's identity). It
+    adds an op beside the LRN's own gradient, which the graph then prunes unless
+    something else reads it. The values are ReluGrad's: the stored gradient times
+    1 or 0.
     """
     if tf.executing_eagerly():
         return None
@@ -227,9 +240,13 @@ def relu_gradient_through_lrn(gradient, relu_output):
         beta=op.get_attr("beta"),
         through_relu=True,
     )
+    if lrn_gradient is gradient:
+        return through_relu
     # Reshapes keep the elements' order, so element i of `gradient` is element i of
-    # the LRN's gradient, whose input's element i is relu_output's.
-    return tf.reshape(through_relu, tf.shape(gradient))
+    # the LRN's gradient, whose input's element i is relu_output's. The shape is
+    # read from relu_output, not from `gradient`, which would keep the LRN's own
+    # gradient op alive where the batch size is not static.
+    return tf.reshape(through_relu, tf.shape(relu_output))
 
 
 def local_response_normalization_reference(

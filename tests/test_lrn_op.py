@@ -248,6 +248,19 @@ def test_library_built_for_another_tensorflow_is_refused_with_rebuild_message(tm
         ops.load_library.cache_clear()
 
 
+def test_library_built_from_older_op_sources_is_refused_with_rebuild_message(tmp_path,
+                                                                              monkeypatch):
+    stamp = f"alexnet_tf-ops-version={ops.OPS_VERSION};".encode()
+    older = f"alexnet_tf-ops-version={ops.OPS_VERSION - 1};".encode()
+    _use_library_copy(tmp_path, monkeypatch, replace=(stamp, older))
+    try:
+        with pytest.raises(ops.OpLibraryError,
+                           match=rf"version {ops.OPS_VERSION - 1} of the ops.*Rebuild"):
+            ops.load_library()
+    finally:
+        ops.load_library.cache_clear()
+
+
 def test_missing_library_says_how_to_build(tmp_path, monkeypatch):
     monkeypatch.setattr(ops, "_LIBRARY_DIR", str(tmp_path))
     ops.load_library.cache_clear()
@@ -325,15 +338,29 @@ def test_gradient_through_relu_is_the_formula_times_input_above_zero(dtype, chan
     assert relative_error(dx, expected) < TOLERANCE[dtype] * 4
 
 
-@pytest.mark.parametrize("channels", [5, 16, 32])
-def test_gradient_through_relu_has_relugrad_s_exact_values(channels):
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float32, tf.float16, tf.bfloat16])
+@pytest.mark.parametrize("channels, depth_radius, beta", [
+    (5, 2, 0.75),    # per pixel, no full 8-wide vector
+    (12, 2, 0.75),   # per pixel, one 8-wide vector and a scalar tail
+    (16, 2, 0.75),   # float32: blocks of 32 pixels
+    (32, 2, 0.6),    # the general power
+    (24, 10, 0.75),  # a running window sum
+])
+def test_gradient_through_relu_has_relugrad_s_exact_values(dtype, channels, depth_radius, beta):
     # Not close: the same bits as the two ops it replaces, so a training run is the
-    # same run with it or without it.
-    rng = np.random.default_rng(7)
-    x = tf.constant((np.maximum(rng.standard_normal((3, 6, 6, channels)), 0) * 30)
-                    .astype(np.float32))
-    dy = tf.constant(rng.standard_normal(x.shape).astype(np.float32))
-    params = dict(depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+    # same run with it or without it. Inputs include negative values, zeros, and for
+    # float16 gradients that overflow to inf (inf * 0 is NaN in both).
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((3, 6, 6, channels)) * 30
+    x[x > 20] = 0.0
+    dy = rng.standard_normal(x.shape) * (3e4 if dtype == tf.float16 else 1)
+    x, dy = tf.cast(x, dtype), tf.cast(dy, dtype)
+    params = dict(depth_radius=depth_radius, bias=0.5, alpha=1e-4, beta=beta)
     fused = lrn_gradient_op(dy, x, True, **params)
     apart = tf.raw_ops.ReluGrad(gradients=lrn_gradient_op(dy, x, False, **params), features=x)
-    np.testing.assert_array_equal(fused.numpy().view(np.uint32), apart.numpy().view(np.uint32))
+    bits = {tf.float64: np.uint64, tf.float32: np.uint32}.get(dtype, np.uint16)
+    fused_bits = tf.bitcast(fused, tf.as_dtype(bits)).numpy()
+    apart_bits = tf.bitcast(apart, tf.as_dtype(bits)).numpy()
+    if dtype == tf.float16:
+        assert np.isnan(apart.numpy()).any()
+    np.testing.assert_array_equal(fused_bits, apart_bits)

@@ -35,8 +35,8 @@ The limit is the float32 matrix-multiply rate measured in the same run, between 
 rounds: the best median of tf.matmul on square float32 matrices (--matmul_size),
 one product at a time or two at once (the towers run two ops at once). The
 tool also prints the ratio round by round: each round's median trainer step over
-the best matmul rate measured right after it, so that a change of load on the
-host moves both sides of that ratio alike; their spread is the run's own.
+the best matmul rate measured at the end of that round, so that a change of load
+on the host moves both sides of that ratio alike; their spread is the run's own.
 
 Model FLOPs are counted from the traced forward graph of the trainer's network: each
 Conv2D costs 2 x (output elements) x (kernel height x width x input channels), each
@@ -262,8 +262,8 @@ def bench_net(net, batch_size, rates):
         time_steps(step, images, labels, _WARMUP.value)
     times = {name: [] for name in steps}
     kinds = [(size, streams) for size in _MATMUL_SIZES.value for streams in (1, 2)]
-    # Each round's trainer step median over that round's best matmul rate, measured
-    # right after it: the same ratio with the load of that moment on both sides.
+    # Each round's trainer step median over the best matmul rate measured at the end
+    # of that round: the same ratio with the load of that moment on both sides.
     round_fractions = []
     for _ in range(_ROUNDS.value):
         for name, (step, _) in steps.items():
@@ -294,7 +294,7 @@ def report(net, result, limit, batch_size):
     print(f"  trainer's model FLOP/s over tf.matmul's: {fraction:.2f} (target {target}: "
           f"{'met' if fraction >= target else 'not met'})")
     rounds = result["round_fractions"]
-    print(f"  the same, round by round (each round's step over its own matmul rate): median "
+    print(f"  the same, round by round (each round's step over that round's matmul rate): median "
           f"{statistics.median(rounds):.3f}, range {min(rounds):.3f} to {max(rounds):.3f} "
           f"over {len(rounds)} rounds")
     if "plain_keras" in medians:

@@ -41,12 +41,15 @@
 #define ALEXNET_TF_BUILT_FOR_TENSORFLOW "unknown"
 #endif
 
-// The TensorFlow version whose headers this library was compiled with. The
-// Python loader reads it from the file before loading it, because loading a
-// library built against another framework version can crash the process.
+// The TensorFlow version whose headers this library was compiled with, and the
+// version of the ops' interface (their inputs and attributes; alexnet_tf/ops.py's
+// OPS_VERSION). The Python loader reads both from the file before loading it:
+// loading a library built against another framework version can crash the
+// process, and one built from older sources lacks attributes the package sets.
 extern "C" __attribute__((used, visibility("default")))
 const char alexnet_tf_build_stamp[] =
-    "alexnet_tf-built-for-tensorflow=" ALEXNET_TF_BUILT_FOR_TENSORFLOW ";";
+    "alexnet_tf-built-for-tensorflow=" ALEXNET_TF_BUILT_FOR_TENSORFLOW
+    ";alexnet_tf-ops-version=2;";
 
 namespace alexnet_tf {
 
@@ -246,8 +249,12 @@ void WriteOutputRow(T* __restrict__ out, const A* __restrict__ a, const A* __res
   for (; c < channels; ++c) {
     A v = a[c] * b[c];
     if (d != nullptr) v -= k * d[c] * e[c];
-    if (relu_output != nullptr) v *= relu_output[c] > A(0) ? A(1) : A(0);
-    out[c] = static_cast<T>(v);
+    T stored = static_cast<T>(v);
+    // ReluGrad multiplies the stored value, so a float16 overflow stays inf * 0 = NaN.
+    if (relu_output != nullptr) {
+      stored = static_cast<T>(static_cast<A>(stored) * (relu_output[c] > A(0) ? A(1) : A(0)));
+    }
+    out[c] = stored;
   }
 }
 

@@ -113,9 +113,11 @@ __host__ __device__ inline T BackwardElement(const T* dy, const T* x,
     if (i == c) own_scale = scale;
     cross += ToAcc(dy[base + i]) * ToAcc(x[base + i]) * scale / n;
   }
-  A dx = ToAcc(dy[e]) * own_scale - A(2) * alpha * beta * ToAcc(x[e]) * cross;
-  if (through_relu) dx *= ToAcc(x[e]) > A(0) ? A(1) : A(0);
-  return FromAcc<T>(dx);
+  const T dx = FromAcc<T>(ToAcc(dy[e]) * own_scale -
+                          A(2) * alpha * beta * ToAcc(x[e]) * cross);
+  // As ReluGrad: the stored value times 1 or 0 (a float16 overflow stays inf * 0 = NaN).
+  if (!through_relu) return dx;
+  return FromAcc<T>(ToAcc(dx) * (ToAcc(x[e]) > A(0) ? A(1) : A(0)));
 }
 
 template <typename T>
