@@ -13,7 +13,10 @@ momentum kernel, one pass over each variable), and the loss and error rates the
 loop reads. It runs on one fixed random batch of mean-subtracted-looking pixels
 (N(0, 50)), so only the step is timed, not the input pipeline.
 
-Beside it, in turns within each round so that a change of load hits all alike:
+Beside it, in turns within each round so that a change of load hits all alike
+(each turn starts with --turn_warmup untimed steps, since a step right after
+another model's runs with the caches and the allocator as that model left them,
+which in training never happens):
 
   plain_keras     the same step function around the net a user writes first with
                   stock Keras: Conv2D(groups=2) for conv2, conv4 and conv5 and
@@ -73,6 +76,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds; each times --steps st
 _STEPS = flags.DEFINE_integer("steps", 0, "Steps per model per round (0: 10 for the small "
                               "net, 1 for the paper net).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps of every model before timing.")
+_TURN_WARMUP = flags.DEFINE_integer(
+    "turn_warmup", 1, "Untimed steps of a model at the start of each of its turns in a round.")
 _PLAIN_KERAS = flags.DEFINE_bool("plain_keras", True, "Also time the plain Keras net.")
 _BFLOAT16 = flags.DEFINE_bool("mixed_bfloat16", False, "Also time --mixed_precision=bfloat16.")
 _STOCK_CONV_GRADIENT = flags.DEFINE_bool(
@@ -267,6 +272,9 @@ def bench_net(net, batch_size, rates):
     round_fractions = []
     for _ in range(_ROUNDS.value):
         for name, (step, _) in steps.items():
+            # A model's first step after another model's (or the matmuls) runs with the
+            # caches and the allocator as those left them; training never does.
+            time_steps(step, images, labels, _TURN_WARMUP.value)
             times[name] += time_steps(step, images, labels, count)
         round_rates = [matmul_rate(*kind, repeats=3) for kind in kinds]
         for kind, rate in zip(kinds, round_rates):
