@@ -183,16 +183,22 @@ def local_response_normalization(
         )
 
 
-@tf.RegisterGradient("AlexnetTf>LocalResponseNorm")
-def _local_response_norm_grad(op, grad):
+def _lrn_gradient(op, grad, through_relu=False):
+    """The gradient op of `op` (an LRN or an LRN gradient: the same attributes)."""
     return load_library().alexnet_tf_local_response_norm_grad(
         grad,
-        op.inputs[0],
+        op.inputs[0] if op.type == "AlexnetTf>LocalResponseNorm" else op.inputs[1],
         depth_radius=op.get_attr("depth_radius"),
         bias=op.get_attr("bias"),
         alpha=op.get_attr("alpha"),
         beta=op.get_attr("beta"),
+        through_relu=through_relu,
     )
+
+
+@tf.RegisterGradient("AlexnetTf>LocalResponseNorm")
+def _local_response_norm_grad(op, grad):
+    return _lrn_gradient(op, grad)
 
 
 def _skip_views(tensor, op_types):
@@ -231,15 +237,7 @@ def relu_gradient_through_lrn(gradient, relu_output):
     source = _skip_views(lrn_input, views)
     if source.graph is not relu_output.graph or source.name != relu_output.name:
         return None
-    through_relu = load_library().alexnet_tf_local_response_norm_grad(
-        op.inputs[0],
-        lrn_input,
-        depth_radius=op.get_attr("depth_radius"),
-        bias=op.get_attr("bias"),
-        alpha=op.get_attr("alpha"),
-        beta=op.get_attr("beta"),
-        through_relu=True,
-    )
+    through_relu = _lrn_gradient(op, op.inputs[0], through_relu=True)
     if lrn_gradient is gradient:
         return through_relu
     # Reshapes keep the elements' order, so element i of `gradient` is element i of
