@@ -77,7 +77,8 @@ _STEPS = flags.DEFINE_integer("steps", 0, "Steps per model per round (0: 10 for 
                               "net, 1 for the paper net).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps of every model before timing.")
 _TURN_WARMUP = flags.DEFINE_integer(
-    "turn_warmup", 1, "Untimed steps of a model at the start of each of its turns in a round.")
+    "turn_warmup", 1, "Untimed steps of a model at the start of each of its turns in a round.",
+    lower_bound=0)
 _PLAIN_KERAS = flags.DEFINE_bool("plain_keras", True, "Also time the plain Keras net.")
 _BFLOAT16 = flags.DEFINE_bool("mixed_bfloat16", False, "Also time --mixed_precision=bfloat16.")
 _STOCK_CONV_GRADIENT = flags.DEFINE_bool(
