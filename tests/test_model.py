@@ -312,10 +312,10 @@ def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
     assert [op.name for op in live if op.type == "BiasAddGrad" and "conv" in op.name] == []
 
 
-
 def _gradients_in_a_graph(model, images, labels, fuse, monkeypatch):
     """The model's weight gradients from a tf.function, with or without ReLU gradients
-    taken in the LRN gradient op, and the live op types of that function's graph."""
+    taken in the LRN gradient op (None for TensorSpecs), and the live ops of that
+    function's graph."""
     if not fuse:
         monkeypatch.setattr(ops, "relu_gradient_through_lrn", lambda gradient, relu_output: None)
 
