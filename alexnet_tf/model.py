@@ -7,9 +7,8 @@ conv3 and the fully connected layers see both.
 
 Every layer of Figure 2 is one named layer of the model ("conv1", "lrn1", "pool1",
 ..., "fc8"). Its output is the list of its towers' outputs (tower 0 first), except
-"fc7", whose output is the whole 4096-d feature of Figure 4, the single-device
-"dropout7" and "fc8" after it, and, when no tower is placed, "conv1" and "lrn1",
-which give the towers' channels side by side in one tensor (see `TowerParallel`).
+"fc7", whose output is the whole 4096-d feature of Figure 4, and the single-device
+"dropout7" and "fc8" after it.
 
 Placement: with `tower_devices`, every op of tower k runs on device k, forward and
 backward, and tensors cross between devices only where the paper's GPUs talk (the
@@ -277,11 +276,9 @@ def _call_conv(conv, x):
                                     tf.cast(conv.bias, dtype))
 
 
-# What must match for convolutions to run as one: all but their kernels' count and values.
-_CONV_GEOMETRY = (
-    "kernel_size", "strides", "padding", "overhang", "data_format", "dilation_rate", "groups",
-    "activation", "use_bias",
-)
+# Arguments of TowerParallel in the configs of models saved before conv1's towers
+# always ran apart; ignored when such a model is loaded.
+_RETIRED_TOWER_ARGUMENTS = ("fuse_unplaced", "channelwise", "split_output")
 
 
 @keras.saving.register_keras_serializable(package="alexnet_tf")
@@ -296,29 +293,18 @@ class TowerParallel(keras.layers.Layer):
         input k, or the one input tensor all towers share.
       concat_outputs: return the towers' outputs concatenated on devices[0] (fc7,
         whose 4096-d output is the feature of Figure 4) instead of a list.
-      fuse_unplaced: when no tower is placed and all towers read one shared input,
-        run the towers' single convolutions (conv1) as one; see `_fused_conv`. Its
-        output is then the towers' channels side by side in one tensor ("merged"),
-        for the channelwise layers after it.
-      channelwise: the stacks work on each tower's channels alone (LRN, whose window
-        stops at the tower's last channel; pooling). Given one merged tensor (no
-        tower placed), tower 0's stack runs once on all the towers' channels, each
-        LRN window still within its tower, and the output stays merged.
-      split_output: a channelwise layer given a merged tensor returns the towers'
-        parts, a list, for the per-tower layers after it.
 
     With placement, each input part j is first copied once per tower on device j,
     so that the gradients coming back from the towers are summed on device j too.
-    Without it, conv1's towers, and the LRN and pooling after them, run as one op
-    each on the merged tensor, split only after pool1 where it is a quarter of the
-    size: 2-3% of the small net's training step on 2 CPU cores, in A/B runs of the
-    trainer's step. The numbers are those of the towers run apart, to float rounding
-    (oneDNN may sum conv1's weight gradient in another order: 2e-9 after a step).
+    Without it, the towers' ops are the same, unplaced, and TensorFlow runs two at
+    once where they are independent. conv1's towers too, though they read the same
+    images: one convolution of both towers' kernels, with the LRN and pooling run
+    once on its output, made the small net's training step 4 to 5% slower on a
+    2-core CPU (BENCHMARKS.md, "The training step").
     """
 
     def __init__(
-        self, stacks, devices, merge_inputs=False, concat_outputs=False, fuse_unplaced=False,
-        channelwise=False, split_output=False, **kwargs,
+        self, stacks, devices, merge_inputs=False, concat_outputs=False, **kwargs,
     ):
         super().__init__(**kwargs)
         if len(stacks) != len(devices):
@@ -331,9 +317,6 @@ class TowerParallel(keras.layers.Layer):
         self.devices = tuple(devices)
         self.merge_inputs = bool(merge_inputs)
         self.concat_outputs = bool(concat_outputs)
-        self.fuse_unplaced = bool(fuse_unplaced)
-        self.channelwise = bool(channelwise)
-        self.split_output = bool(split_output)
         self._placed = any(d is not None for d in self.devices)
 
     @property
@@ -379,68 +362,9 @@ class TowerParallel(keras.layers.Layer):
         ]
         return [[copies[k] for copies in per_part] for k in range(self.towers)]
 
-    def _fused_conv(self, x):
-        """The towers' convolutions of one shared input as one convolution, then split.
-
-        conv1's towers read the same images, so on one device a single convolution
-        with the towers' kernels side by side does the same arithmetic. oneDNN does
-        96 kernels at once faster than 48 twice: conv1's forward pass and weight
-        gradient at batch 64 took 0.95 s against 1.18 s on a 2-core AVX2 CPU. The
-        variables stay per tower.
-        """
-        convs = [stack[0] for stack in self.stacks]
-        dtype = convs[0].compute_dtype
-        kernel = tf.concat([tf.cast(c.kernel, dtype) for c in convs], axis=-1)
-        bias = tf.concat([tf.cast(c.bias, dtype) for c in convs], axis=-1)
-        return conv_bias_activation(convs[0], tf.cast(x, dtype), kernel, bias)
-
-    def _run_merged(self, x, training):
-        """A channelwise stack on the towers' channels side by side: tower 0's layers
-        once, an LRN on a view of the tensor in which each tower's channels are a
-        pixel of their own, so that its windows stay within the tower."""
-        for layer in self.stacks[0]:
-            if isinstance(layer, alexnet_layers.LocalResponseNormalization):
-                shape = tf.shape(x)
-                per_tower = x.shape[-1] // self.towers
-                towers_apart = tf.reshape(x, [shape[0], shape[1], shape[2] * self.towers,
-                                              per_tower])
-                x = tf.reshape(layer(towers_apart, training=training), shape)
-            else:
-                x = layer(x, training=training)
-        if self.split_output:
-            return tf.split(x, self.towers, axis=-1)
-        return x
-
-    def _can_fuse(self, inputs):
-        if (
-            not self.fuse_unplaced
-            or self._placed
-            or self.towers < 2
-            or isinstance(inputs, (list, tuple))
-        ):
-            return False
-        first = self.stacks[0][0]
-
-        def geometry(layer):
-            # The policy by name: a reloaded model's configs carry serialization ids.
-            config = layer.get_config()
-            return (type(layer), layer.dtype_policy.name,
-                    [config.get(key) for key in _CONV_GEOMETRY])
-
-        return (
-            isinstance(first, keras.layers.Conv2D)
-            and first.use_bias
-            and first.data_format == "channels_last"
-            and all(len(s) == 1 and geometry(s[0]) == geometry(first) for s in self.stacks)
-        )
-
     def call(self, inputs, training=None):
         if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
             inputs = inputs[0]  # how a reloaded model passes one tensor
-        if self._can_fuse(inputs):
-            return self._fused_conv(inputs)
-        if self.channelwise and not isinstance(inputs, (list, tuple)):
-            return self._run_merged(inputs, training)
         if not isinstance(inputs, (list, tuple)):
             tower_inputs = [[inputs]] * self.towers
         elif not self.merge_inputs:
@@ -476,16 +400,13 @@ class TowerParallel(keras.layers.Layer):
             devices=list(self.devices),
             merge_inputs=self.merge_inputs,
             concat_outputs=self.concat_outputs,
-            fuse_unplaced=self.fuse_unplaced,
-            channelwise=self.channelwise,
-            split_output=self.split_output,
             autocast=self.autocast,
         )
         return config
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
+        config = {k: v for k, v in config.items() if k not in _RETIRED_TOWER_ARGUMENTS}
         devices = config.pop("devices")
         stacks = []
         for device, stack in zip(devices, config.pop("stacks")):
@@ -716,8 +637,6 @@ class AcrossTowersLRN(keras.layers.Layer):
             dtype=self.dtype_policy, name=f"{self.name}_all")
 
     def call(self, inputs):
-        if not isinstance(inputs, (list, tuple)):  # the towers' channels, merged already
-            return self.lrn(inputs)
         sizes = [x.shape[-1] for x in inputs]
         return tf.split(self.lrn(tf.concat(list(inputs), axis=-1)), sizes, axis=-1)
 
@@ -824,14 +743,14 @@ class _TowerLayers:
             settings.depth_radius, settings.bias, settings.alpha, settings.beta,
             use_reference=self.options.lrn_use_reference,
             alpha_convention=settings.alpha_convention, dtype=self.policy,
-            name=f"{name}_tower{k}")], channelwise=True)
+            name=f"{name}_tower{k}")])
 
     def pool(self, name):
         ceil = self.options.pooling_rule == "ceil"
         layer = CeilMaxPooling2D if ceil else keras.layers.MaxPooling2D
         return self._towers(name, lambda k: [layer(
             self.options.pool_size, PAPER_POOL_STRIDE, dtype=self.policy,
-            name=f"{name}_tower{k}")], channelwise=True, split_output=True)
+            name=f"{name}_tower{k}")])
 
     def dropout(self, name, **kwargs):
         return self._towers(name, lambda k: [keras.layers.Dropout(
@@ -931,7 +850,7 @@ def build_alexnet(
     x = images
     if activation == "tanh":
         x = keras.layers.Rescaling(TANH_INPUT_SCALE, name="input_scale")(x)
-    x = layers.conv("conv1", half[0], k[0], s1, options.conv1_padding, fuse_unplaced=True)(x)
+    x = layers.conv("conv1", half[0], k[0], s1, options.conv1_padding)(x)
     if lrn:
         x = layers.lrn("lrn1")(x)
     x = layers.pool("pool1")(x)

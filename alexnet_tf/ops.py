@@ -221,7 +221,7 @@ def relu_gradient_through_lrn(gradient, relu_output):
     BENCHMARKS.md times the training step with and without it).
     This applies only in a graph, and only when `gradient` is the output of one of
     this op's gradients whose LRN read `relu_output` itself, through reshapes and
-    identities alone (the merged towers' view, a custom gradient's identity). It
+    identities alone (a custom gradient's identity, a view of the tensor). It
     adds an op beside the LRN's own gradient, which the graph then prunes unless
     something else reads it. The values are ReluGrad's: the stored gradient times
     1 or 0.

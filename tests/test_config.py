@@ -107,7 +107,7 @@ def test_the_network_flags_reach_the_builder():
     lrn = model.get_layer("lrn2").stacks[0][0]
     assert (lrn.depth_radius, lrn.bias, lrn.alpha, lrn.beta, lrn.alpha_convention) == (
         1, 1.5, 2e-4, 0.5, "authors_code")
-    assert model.get_layer("conv1").output.shape[1] == 28  # 32 - 5 + 1: no padding
+    assert model.get_layer("conv1").output[0].shape[1] == 28  # 32 - 5 + 1: no padding
     assert type(model.get_layer("pool1").stacks[0][0]).__name__ == "CeilMaxPooling2D"
     kernel = model.get_layer("conv3").stacks[0][0].kernel.numpy()
     assert abs(kernel.std() - 0.01) < 0.001  # "paper": N(0, 0.01) at any width

@@ -5,7 +5,9 @@ The full-size model is only built (no forward pass); everything that runs uses t
 small variant on a few images. conftest.py provides two logical CPU devices.
 """
 
+import json
 import re
+import zipfile
 
 import keras
 import numpy as np
@@ -110,12 +112,11 @@ def test_paper_model_tower_connectivity(paper_model):
     for name, shape in PAPER_TOWER_KERNELS.items():
         assert [tuple(k.shape) for k in _kernels(paper_model, name)] == [shape, shape], name
     assert [tuple(k.shape) for k in _kernels(paper_model, "fc8")] == [(4096, 1000)]
-    for name in ("pool1", "conv2", "conv4", "conv5"):
+    # Every layer before conv3 is two towers, conv1 too though both read the images.
+    for name in ("conv1", "lrn1", "pool1", "conv2", "lrn2", "pool2", "conv4", "conv5"):
         assert len(paper_model.get_layer(name).output) == 2, name
-    # With no tower placed, conv1's towers, and lrn1 and pool1 after them, run as one
-    # op each on the towers' channels side by side, split after pool1.
-    for name in ("conv1", "lrn1"):
-        assert tuple(paper_model.get_layer(name).output.shape) == (None, 55, 55, 96), name
+    assert [tuple(x.shape) for x in paper_model.get_layer("conv1").output] == [
+        (None, 55, 55, 48)] * 2
 
 
 def test_paper_initialization(paper_model):
@@ -233,8 +234,8 @@ def test_small_model_computes_figure_2(towers):
 
 
 def test_small_model_gradients_are_tensorflows():
-    """The convolutions' own gradient (bias summed apart from the kernel) and the
-    fused conv1 give the gradients of stock TensorFlow ops on the same weights."""
+    """The convolutions' own gradient (bias summed apart from the kernel) gives the
+    gradients of stock TensorFlow ops on the same weights."""
     model = build_alexnet(**SMALL, dropout_rate=0.0, seed=5)
     images = tf.random.stateless_normal([4, 32, 32, 3], seed=[3, 4])
     labels = tf.constant([1, 7, 3, 0])
@@ -295,7 +296,7 @@ def test_paper_conv1_kernel_gradient_has_no_explicit_padding(paper_model):
     graph = step.get_concrete_function(
         tf.TensorSpec((2, 224, 224, 3)), tf.TensorSpec([2], tf.int32)).graph
     filters = [op for op in _live_ops(graph) if op.type == "Conv2DBackpropFilter"]
-    assert len(filters) == 9
+    assert len(filters) == 10
     assert [op.name for op in filters if op.get_attr("padding") == b"EXPLICIT"] == []
 
 
@@ -308,7 +309,7 @@ def test_conv_bias_gradients_are_not_left_to_bias_add_grad():
         tf.TensorSpec((4, 32, 32, 3)), tf.TensorSpec([4], tf.int32)).graph
     live = _live_ops(graph)
     filters = [op for op in live if op.type == "Conv2DBackpropFilter"]
-    assert len(filters) == 9  # conv1 once for both towers, conv2 .. conv5 per tower
+    assert len(filters) == 10  # conv1 .. conv5, per tower
     assert [op.name for op in live if op.type == "BiasAddGrad" and "conv" in op.name] == []
 
 
@@ -347,10 +348,10 @@ def test_relu_gradients_before_an_lrn_are_taken_in_its_gradient(monkeypatch):
         monkeypatch)
     for ops_ in (live, live_any_batch):
         lrn_gradients = [op for op in ops_ if op.type == "AlexnetTf>LocalResponseNormGrad"]
-        # LRN1 once on the merged towers, LRN2 per tower: all three through the ReLU.
-        assert [op.get_attr("through_relu") for op in lrn_gradients] == [True] * 3
+        # LRN1 and LRN2 per tower: all four through the ReLU.
+        assert [op.get_attr("through_relu") for op in lrn_gradients] == [True] * 4
     relu_gradients = [op.name for op in live if op.type == "ReluGrad"]
-    assert len([op for op in live_apart if op.type == "ReluGrad"]) == len(relu_gradients) + 3
+    assert len([op for op in live_apart if op.type == "ReluGrad"]) == len(relu_gradients) + 4
     assert not any("conv1" in name or "conv2" in name for name in relu_gradients)
     assert any("conv3" in name for name in relu_gradients)
     for a, b in zip(fused, apart):
@@ -443,8 +444,7 @@ def test_mixed_precision_runs_lrn_low_and_returns_float32_logits(policy, low):
         .graph
     )
     lrn_ops = [op for op in graph.get_operations() if op.type == "AlexnetTf>LocalResponseNorm"]
-    # lrn1 once on both towers' channels side by side, lrn2 once per tower.
-    assert len(lrn_ops) == 3
+    assert len(lrn_ops) == 4  # lrn1 and lrn2, per tower
     assert all(op.get_attr("T") == low for op in lrn_ops)
     convs = [op for op in graph.get_operations() if op.type == "Conv2D"]
     assert convs and all(op.get_attr("T") == low for op in convs)
@@ -616,6 +616,30 @@ def test_save_and_load_round_trip(tmp_path):
     )
 
 
+def test_a_model_saved_with_the_retired_tower_arguments_loads(tmp_path):
+    """Models saved when conv1's towers could run as one convolution carry
+    fuse_unplaced, channelwise and split_output in their layers' configs."""
+    model = build_alexnet(**SMALL, seed=0)
+    path = tmp_path / "small.keras"
+    model.save(str(path))
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    retired = dict(fuse_unplaced=False, channelwise=True, split_output=False)
+    for layer in config["config"]["layers"]:
+        if layer["class_name"] == "TowerParallel":
+            layer["config"].update(retired, fuse_unplaced=layer["name"] == "conv1")
+    files["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(tmp_path / "old.keras", "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    loaded = keras.models.load_model(str(tmp_path / "old.keras"))
+    images = tf.random.stateless_normal([2, 32, 32, 3], seed=[3, 3])
+    np.testing.assert_array_equal(
+        loaded(images, training=False).numpy(), model(images, training=False).numpy())
+    assert "fuse_unplaced" not in loaded.get_layer("conv1").get_config()
+
+
 def test_checkpoint_moves_between_placed_and_unplaced_builds(tmp_path):
     placed = build_alexnet(**SMALL, tower_devices=("/CPU:1", "/CPU:0"), seed=1)
     path = tf.train.Checkpoint(model=placed).write(str(tmp_path / "ckpt"))
@@ -685,7 +709,8 @@ def test_a_tanh_network_is_initialized_for_tanh(size, shape):
             np.testing.assert_array_equal(bias.value.numpy(), 0.0)
     # conv1's units are not saturated, and the logits depend on the image: their
     # spread across these images is 0.2 (small) and 0.06 (paper) of their size.
-    conv1 = keras.Model(tanh.inputs, tanh.get_layer("conv1").output)(images).numpy()
+    conv1 = np.concatenate(
+        keras.Model(tanh.inputs, tanh.get_layer("conv1").output)(images), axis=-1)
     assert np.mean(np.abs(conv1) > 0.99) < 0.05
     assert _logit_spread_across_images(tanh, images) > 0.02
 
@@ -721,8 +746,8 @@ def test_lrn_across_towers_normalizes_both_towers_maps_together():
     model = build_alexnet(**SMALL, lrn_settings=settings, seed=0)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(0, 50, (2, 32, 32, 3)).astype(np.float32))
-    conv1 = keras.Model(model.inputs, model.get_layer("conv1").output)(images).numpy()
-    lrn1 = keras.Model(model.inputs, model.get_layer("lrn1").output)(images).numpy()
+    conv1, lrn1 = (np.concatenate(keras.Model(model.inputs, model.get_layer(name).output)(
+        images), axis=-1) for name in ("conv1", "lrn1"))
     # Caffe's cross-channel LRN over all 32 maps: alpha / 5 per term, k = 1.
     squares = np.pad(conv1.astype(np.float64) ** 2, [(0, 0)] * 3 + [(2, 2)])
     sums = sum(squares[..., i:i + 32] for i in range(5))
@@ -731,6 +756,7 @@ def test_lrn_across_towers_normalizes_both_towers_maps_together():
     # The window crosses the towers' boundary: maps 15 and 16 see each other.
     per_tower = build_alexnet(**SMALL, seed=0, lrn_settings=alexnet_model.LRNSettings(
         bias=1.0, alpha_convention="authors_code"))
-    apart = keras.Model(per_tower.inputs, per_tower.get_layer("lrn1").output)(images).numpy()
+    apart = np.concatenate(keras.Model(per_tower.inputs, per_tower.get_layer("lrn1").output)(
+        images), axis=-1)
     assert np.abs(apart[..., 15] - lrn1[..., 15]).max() > 0
     np.testing.assert_allclose(apart[..., 8], lrn1[..., 8], rtol=1e-6)

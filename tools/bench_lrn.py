@@ -9,7 +9,7 @@ float32), in one run:
     what memory allows (targets: forward within 2x, forward + backward within 4x);
   - the LRN's gradient followed by the ReLU's gradient (TensorFlow's ReluGrad), as
     apart ops and as the one op the training step runs (`through_relu`), also at
-    the small net's LRN1 (conv1's output [128,32,32,32], towers side by side).
+    one tower's LRN1 of the small net ([128,32,32,16]; the step runs two).
 
     python tools/bench_lrn.py [--repeats 15] [--batch 128] [--allocator bfc|malloc]
 
@@ -48,8 +48,8 @@ import tensorflow as tf  # noqa: E402
 from alexnet_tf import ops  # noqa: E402
 
 PAPER_SHAPES = {"conv1": (55, 55, 96), "conv2": (27, 27, 256)}
-# The small net's LRN1 as the model runs it: each tower's 16 channels a pixel of their own.
-SMALL_LRN1_VIEW = (32, 64, 16)
+# One tower's LRN1 in the small net (conv1's 16 kernels a tower, 32x32).
+SMALL_LRN1_TOWER = (32, 32, 16)
 
 
 def median_seconds(fn, repeats):
@@ -158,7 +158,7 @@ def main():
         met &= ratios["ours fwd / (x * 2.0)"][0] <= 2
         met &= ratios["ours fwd+bwd / (x * 2.0)"][0] <= 4
     print("\nall targets met" if met else "\nSOME TARGETS MISSED")
-    for name, shape in {"small net LRN1": SMALL_LRN1_VIEW, **PAPER_SHAPES}.items():
+    for name, shape in {"small net LRN1, one tower": SMALL_LRN1_TOWER, **PAPER_SHAPES}.items():
         bench_gradient_through_relu(name, shape, args.batch, args.repeats)
 
 
