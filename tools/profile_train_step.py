@@ -10,8 +10,8 @@ figures are milliseconds of thread time per step: with two cores busy, a step's
 wall time is about half their sum.
 
 It then splits the step's wall time by how many ops were running at once, and lists
-the ops that ran alone: those are the step's serial chain (conv1, LRN and pooling at
-either end of the small net's step), where an op's own speed is the step's.
+the ops that ran alone: those are the step's serial chain, where an op's own speed is
+the step's.
 
 With --stock_conv_gradient it profiles, instead, the step with TensorFlow's own conv
 gradients (as tools/bench_train_step.py --stock_conv_gradient times it).
