@@ -641,8 +641,6 @@ class AcrossTowersLRN(keras.layers.Layer):
         return tf.split(self.lrn(tf.concat(list(inputs), axis=-1)), sizes, axis=-1)
 
     def compute_output_shape(self, input_shape):
-        if not isinstance(input_shape[0], (list, tuple)):
-            return tuple(input_shape)
         return [tuple(shape) for shape in input_shape]
 
     def get_config(self):

@@ -201,9 +201,9 @@ def _local_response_norm_grad(op, grad):
     return _lrn_gradient(op, grad)
 
 
-def _skip_views(tensor, op_types):
-    """The tensor whose data `tensor` is, past ops that neither copy nor reorder it."""
-    while tensor.op.type in op_types:
+def _skip_identities(tensor):
+    """The tensor that `tensor` is, past Identity and IdentityN ops."""
+    while tensor.op.type in ("Identity", "IdentityN"):
         if tensor.op.type == "IdentityN":
             tensor = tensor.op.inputs[tensor.value_index]
         else:
@@ -220,31 +220,20 @@ def relu_gradient_through_lrn(gradient, relu_output):
     its outputs by (relu_output > 0) as it writes them instead (`through_relu`;
     BENCHMARKS.md times the training step with and without it).
     This applies only in a graph, and only when `gradient` is the output of one of
-    this op's gradients whose LRN read `relu_output` itself, through reshapes and
-    identities alone (a custom gradient's identity, a view of the tensor). It
-    adds an op beside the LRN's own gradient, which the graph then prunes unless
-    something else reads it. The values are ReluGrad's: the stored gradient times
-    1 or 0.
+    this op's gradients whose LRN read `relu_output` itself, through identities
+    alone (a placed tower's custom gradient). It adds an op beside the LRN's own
+    gradient, which the graph then prunes unless something else reads it. The
+    values are ReluGrad's: the stored gradient times 1 or 0.
     """
     if tf.executing_eagerly():
         return None
-    views = ("Reshape", "Identity", "IdentityN")
-    lrn_gradient = _skip_views(gradient, ("Reshape",))
-    op = lrn_gradient.op
+    op = gradient.op
     if op.type != "AlexnetTf>LocalResponseNormGrad" or op.get_attr("through_relu"):
         return None
-    lrn_input = op.inputs[1]
-    source = _skip_views(lrn_input, views)
+    source = _skip_identities(op.inputs[1])
     if source.graph is not relu_output.graph or source.name != relu_output.name:
         return None
-    through_relu = _lrn_gradient(op, op.inputs[0], through_relu=True)
-    if lrn_gradient is gradient:
-        return through_relu
-    # Reshapes keep the elements' order, so element i of `gradient` is element i of
-    # the LRN's gradient, whose input's element i is relu_output's. The shape is
-    # read from relu_output, not from `gradient`, which would keep the LRN's own
-    # gradient op alive where the batch size is not static.
-    return tf.reshape(through_relu, tf.shape(relu_output))
+    return _lrn_gradient(op, op.inputs[0], through_relu=True)
 
 
 def local_response_normalization_reference(
