@@ -364,3 +364,83 @@ def test_gradient_through_relu_has_relugrad_s_exact_values(dtype, channels, dept
     if dtype == tf.float16:
         assert np.isnan(apart.numpy()).any()
     np.testing.assert_array_equal(fused_bits, apart_bits)
+
+
+# ----------------------------------------------------------------------------------
+# Non-finite and overflowing inputs: the op follows the formula evaluated in IEEE
+# arithmetic window by window, as its standard-op reference does. A NaN or an
+# infinity reaches only the outputs whose window holds it; a square that overflows
+# makes its windows' norm infinite and their outputs 0 (x * inf^-beta), or NaN for
+# the infinite input itself (inf * 0).
+
+
+def same_values(actual, expected):
+    actual, expected = (np.asarray(tf.cast(v, tf.float64)) for v in (actual, expected))
+    np.testing.assert_array_equal(np.isnan(actual), np.isnan(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(np.isfinite(actual), finite)
+    np.testing.assert_allclose(actual[finite], expected[finite], rtol=1e-5, atol=1e-30)
+
+
+@pytest.mark.parametrize("channels,depth_radius", [(64, 10), (64, 2), (16, 8), (40, 12), (7, 3)])
+@pytest.mark.parametrize("special", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 5, -1])
+def test_a_nan_or_infinity_reaches_only_the_windows_that_hold_it(channels, depth_radius,
+                                                                  special, where):
+    x = np.random.default_rng(channels).standard_normal((2, 1, 2, channels)).astype(np.float32)
+    x[0, 0, 1, where] = special
+    y = ops.local_response_normalization(x, depth_radius=depth_radius)
+    same_values(y, ops.local_response_normalization_reference(x, depth_radius=depth_radius))
+    position = where % channels
+    pixel = y.numpy()[0, 0, 1]
+    window = np.arange(max(0, position - depth_radius), min(channels, position + depth_radius + 1))
+    if np.isnan(special):  # the window's norm is NaN
+        np.testing.assert_array_equal(np.flatnonzero(np.isnan(pixel)), window)
+    else:  # its norm is infinite: x * inf^-beta = 0, and inf * 0 = NaN for the input itself
+        np.testing.assert_array_equal(np.flatnonzero(np.isnan(pixel)), [position])
+        np.testing.assert_array_equal(pixel[np.setdiff1d(window, [position])], 0.0)
+    assert np.all(np.isfinite(np.delete(pixel, window)))
+    assert np.all(np.isfinite(np.delete(y.numpy(), 1, axis=2)[0]))
+    assert np.all(np.isfinite(y.numpy()[1]))
+
+
+@pytest.mark.parametrize("channels,depth_radius", [(16, 2), (64, 10), (24, 5)])
+def test_a_square_that_overflows_gives_zeros_in_its_windows_as_the_formula(channels,
+                                                                            depth_radius):
+    x = np.ones((1, 1, 1, channels), np.float32)
+    x[..., 5] = 1e20  # 1e40 is past float32's largest value
+    y = ops.local_response_normalization(x, depth_radius=depth_radius).numpy().ravel()
+    same_values(y, ops.local_response_normalization_reference(
+        x, depth_radius=depth_radius).numpy().ravel())
+    window = np.arange(max(0, 5 - depth_radius), min(channels, 6 + depth_radius))
+    np.testing.assert_array_equal(y[window], 0.0)
+    outside = np.setdiff1d(np.arange(channels), window)
+    np.testing.assert_allclose(y[outside], lrn_reference.lrn(x, depth_radius, 2.0, 1e-4,
+                                                             0.75).ravel()[outside], rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_huge_square_leaving_a_wide_window_leaves_no_residue(dtype):
+    # Wide windows (radius past the direct path) must not subtract a huge square
+    # from a running sum: 1e36 - 1e36 in floating point leaves the small squares
+    # of the next windows swamped by its rounding.
+    x = np.full((1, 1, 1, 64), 0.5, dtype)
+    x[..., 0] = 1e18 if dtype == np.float32 else 1e150
+    params = dict(depth_radius=10, bias=1e-6, alpha=1.0, beta=0.75)
+    y = ops.local_response_normalization(x, **params).numpy().ravel()
+    np.testing.assert_allclose(y, lrn_reference.lrn(x, **params).ravel(), rtol=1e-5)
+    dy = np.ones_like(x)
+    _, dx = forward_and_gradient(x, dy, **params)
+    expected = lrn_reference.lrn_grad(dy, x, **params).ravel()[11:]
+    np.testing.assert_allclose(dx.numpy().ravel()[11:], expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("bias", [1e-30, 2e-38])
+def test_a_tiny_bias_on_zero_inputs_gives_the_formulas_value(bias):
+    # n = bias near float32's smallest normal value, where n^-3/4 and 1/n are huge.
+    x = np.zeros((1, 1, 2, 16), np.float32)
+    x[0, 0, 1] = 1e-3
+    bias = float(np.float32(bias))
+    y = ops.local_response_normalization(x, bias=bias, alpha=1.0)
+    same_values(y, ops.local_response_normalization_reference(x, bias=bias, alpha=1.0))

@@ -1,6 +1,9 @@
 """The fused training-crop ops against the formula in NumPy float64 and against TensorFlow."""
 
 import io
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -169,7 +172,7 @@ JPEGS = {
 
 
 @pytest.mark.parametrize("name", sorted(JPEGS))
-@pytest.mark.parametrize("dct_method", ["INTEGER_FAST", "INTEGER_ACCURATE"])
+@pytest.mark.parametrize("dct_method", ["INTEGER_FAST", "INTEGER_ACCURATE", ""])
 def test_jpeg_op_equals_window_decode_then_region_op(name, dct_method):
     contents = JPEGS[name]()
     rng = np.random.default_rng(len(contents))
@@ -263,3 +266,81 @@ def test_augmentation_draws_cover_every_offset_and_both_mirrors():
 def test_augmentation_draws_reject_a_crop_larger_than_the_image():
     with pytest.raises(tf.errors.InvalidArgumentError, match="crop_size 9 must be at most"):
         ops.augmentation_draws(0, np.zeros((3, 3)), 0, 8, 9, 0.1)
+
+
+def test_jpeg_op_refuses_an_unknown_dct_method_as_tensorflow_does():
+    jpeg = jpeg_bytes(60, 80)
+    mean = np.zeros((32, 32, 3), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dct_method"):
+        tf.io.decode_jpeg(jpeg, dct_method="INTEGER_SLOW")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="dct_method must be"):
+        ops.decode_jpeg_crop_flip_and_normalize(jpeg, 24, mean, (0, 0), False, np.zeros(3),
+                                                dct_method="INTEGER_SLOW")
+
+
+# ----------------------------------------------------------------------------------
+# Hostile arguments: each in a subprocess, where a crash shows as a signal.
+
+HOSTILE_CALL = textwrap.dedent("""
+    import io, sys
+    import numpy as np, tensorflow as tf
+    from alexnet_tf import ops
+    call = sys.argv[1]
+    try:
+        if call.startswith("resize"):
+            size, oy, ox = (int(v) for v in call.split(":")[1:])
+            ops.resize_flip_and_normalize(np.zeros((8, 8, 3), np.uint8), size,
+                                          np.zeros((8, 8, 3), np.float32), [oy, ox], False,
+                                          np.zeros(3, np.float32))
+        else:
+            size, oy, ox = (int(v) for v in call.split(":")[1:])
+            jpeg = tf.io.encode_jpeg(np.full((16, 16, 3), 128, np.uint8)).numpy()
+            ops.decode_jpeg_crop_flip_and_normalize(jpeg, size, np.zeros((64, 64, 3), np.float32),
+                                                    [oy, ox], False, np.zeros(3, np.float32))
+    except tf.errors.InvalidArgumentError as e:
+        print("refused:", e.message.split(" [Op")[0])
+""")
+
+
+@pytest.mark.parametrize("call", [
+    # An offset near 2^31 plus the size wrapped around the bounds check.
+    "resize:1:2147483647:0", "resize:1:0:2147483647", "resize:4:2147483644:0",
+    "resize:8:0:2147483641", "jpeg:2:0:2147483647", "jpeg:2:2147483647:0",
+])
+def test_offsets_near_2_to_the_31_are_refused_not_a_crash(call):
+    result = subprocess.run([sys.executable, "-c", HOSTILE_CALL, call], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, f"exit {result.returncode}: {result.stderr[-2000:]}"
+    assert "does not fit in mean_image" in result.stdout
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_crop_ops_refuse_a_lighting_vector_that_is_not_finite(bad):
+    rgb = np.array([0.0, bad, 1.0], np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rgb must be finite"):
+        ops.resize_flip_and_normalize(np.zeros((8, 8, 3), np.uint8), 4,
+                                      np.zeros((8, 8, 3), np.float32), [0, 0], False, rgb)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="rgb must be finite"):
+        ops.decode_jpeg_crop_flip_and_normalize(jpeg_bytes(40, 40), 4,
+                                                np.zeros((8, 8, 3), np.float32), [0, 0], False,
+                                                rgb)
+
+
+@pytest.mark.parametrize("stddev", [np.nan, np.inf, -np.inf, -0.1])
+def test_augmentation_draws_refuse_a_lighting_stddev_that_is_not_finite(stddev):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="lighting_stddev must be finite"):
+        ops.augmentation_draws(0, np.eye(3), 0, 8, 5, stddev)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_augmentation_draws_refuse_a_lighting_basis_that_is_not_finite(bad):
+    basis = np.eye(3)
+    basis[1, 2] = bad
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"lighting_basis must be finite.*\[1, 2\]"):
+        ops.augmentation_draws(0, basis, 0, 8, 5, 0.1)
+
+
+@pytest.mark.parametrize("index", [-1, 2**62, 2**63 - 1])
+def test_augmentation_draws_refuse_an_index_whose_seeds_would_overflow(index):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"index must be in \[0, 2\^62\)"):
+        ops.augmentation_draws(index, np.eye(3), 0, 8, 5, 0.1)

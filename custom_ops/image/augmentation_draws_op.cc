@@ -58,6 +58,8 @@ the index-th image of a stream seeded by seed.
 
 namespace {
 
+constexpr int64_t kIndexLimit = int64_t{1} << 62;
+
 // The generator that TensorFlow's stateless ops build from seed (seed0, seed1).
 absl::Status SeededPhilox(int64_t seed0, int64_t seed1, PhiloxRandom* generator) {
   Tensor seed(tensorflow::DT_INT64, TensorShape({2}));
@@ -81,6 +83,9 @@ class AugmentationDrawsOp : public OpKernel {
     OP_REQUIRES(ctx, crop_size <= image_size && image_size <= (1 << 24),
                 errors::InvalidArgument("crop_size ", crop_size, " must be at most image_size ",
                                         image_size, " (at most 2^24)"));
+    OP_REQUIRES(ctx, std::isfinite(stddev_) && stddev_ >= 0.0f,
+                errors::InvalidArgument("lighting_stddev must be finite and >= 0, got ",
+                                        stddev_));
     span_ = static_cast<int>(image_size - crop_size + 1);
   }
 
@@ -94,6 +99,17 @@ class AugmentationDrawsOp : public OpKernel {
                 errors::InvalidArgument("lighting_basis must be [3, 3], got shape ",
                                         basis.shape().DebugString()));
     const int64_t i = index.scalar<int64_t>()();
+    // The seeds 2i and 2i + 1 must not overflow.
+    OP_REQUIRES(ctx, i >= 0 && i < kIndexLimit,
+                errors::InvalidArgument("index must be in [0, 2^62), got ", i));
+    const auto b = basis.matrix<float>();
+    for (int k = 0; k < 3; ++k) {
+      for (int c = 0; c < 3; ++c) {
+        OP_REQUIRES(ctx, std::isfinite(b(k, c)),
+                    errors::InvalidArgument("lighting_basis must be finite, got ", b(k, c),
+                                            " at [", k, ", ", c, "]"));
+      }
+    }
 
     PhiloxRandom crop_generator;
     OP_REQUIRES_OK(ctx, SeededPhilox(seed_, 2 * i, &crop_generator));
@@ -116,7 +132,6 @@ class AugmentationDrawsOp : public OpKernel {
           std::min(static_cast<int32_t>(std::floor(u[k] * span)), span_ - 1);
     }
     flip->scalar<bool>()() = u[2] < 0.5f;
-    const auto b = basis.matrix<float>();
     for (int c = 0; c < 3; ++c) {
       float sum = 0.0f;
       for (int k = 0; k < 3; ++k) sum += n[k] * stddev_ * b(k, c);

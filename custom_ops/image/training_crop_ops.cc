@@ -15,6 +15,7 @@
 // libjpeg-turbo into scratch memory, and resizes from there. As TensorFlow ops
 // the same steps are a shape extraction, a dozen scalar ops for the window, the
 // decode and the resize, each with its own output tensor.
+#include <cmath>
 #include <cstdint>
 #include <string>
 
@@ -79,6 +80,13 @@ tf.io.decode_jpeg.
 
 namespace {
 
+// Sides of the region and of the mean image stay below this, so that every index
+// the kernel forms (3 x side, side + size) fits in an int.
+constexpr int64_t kMaxSide = int64_t{1} << 24;
+// The decoded window of a JPEG stays below this many bytes (libjpeg's lengths are
+// ints); a header that asks for more is refused before anything is allocated.
+constexpr int64_t kMaxWindowBytes = int64_t{1} << 31;
+
 // The checks and values both ops share: inputs 1 to 4.
 struct CropParameters {
   const float* mean;
@@ -110,8 +118,19 @@ absl::Status ReadCropParameters(OpKernelContext* ctx, int size, CropParameters* 
   if (rgb.dims() != 1 || rgb.dim_size(0) != 3) {
     return errors::InvalidArgument("rgb must be [3], got shape ", rgb.shape().DebugString());
   }
-  const int oy = offset.vec<int32_t>()(0);
-  const int ox = offset.vec<int32_t>()(1);
+  if (mean.dim_size(0) >= kMaxSide || mean.dim_size(1) >= kMaxSide) {
+    return errors::InvalidArgument("mean_image must be smaller than ", kMaxSide, " x ",
+                                   kMaxSide, ", got shape ", mean.shape().DebugString());
+  }
+  const float* lighting = rgb.flat<float>().data();
+  if (!std::isfinite(lighting[0]) || !std::isfinite(lighting[1]) ||
+      !std::isfinite(lighting[2])) {
+    return errors::InvalidArgument("rgb must be finite, got (", lighting[0], ", ", lighting[1],
+                                   ", ", lighting[2], ")");
+  }
+  // In 64 bits: an offset near 2^31 plus the size must not wrap around the check.
+  const int64_t oy = offset.vec<int32_t>()(0);
+  const int64_t ox = offset.vec<int32_t>()(1);
   if (oy < 0 || ox < 0 || oy + size > mean.dim_size(0) || ox + size > mean.dim_size(1)) {
     return errors::InvalidArgument("the ", size, "x", size, " crop at mean_offset (", oy, ", ",
                                    ox, ") does not fit in mean_image of shape ",
@@ -120,10 +139,10 @@ absl::Status ReadCropParameters(OpKernelContext* ctx, int size, CropParameters* 
   *params = {mean.flat<float>().data(),
              static_cast<int>(mean.dim_size(0)),
              static_cast<int>(mean.dim_size(1)),
-             oy,
-             ox,
+             static_cast<int>(oy),
+             static_cast<int>(ox),
              flip.scalar<bool>()(),
-             rgb.flat<float>().data()};
+             lighting};
   return absl::OkStatus();
 }
 
@@ -156,7 +175,7 @@ class ResizeFlipAndNormalizeOp : public OpKernel {
     const Tensor& region = ctx->input(0);
     OP_REQUIRES(ctx, region.dims() == 3 && region.dim_size(2) == 3 &&
                          region.dim_size(0) > 0 && region.dim_size(1) > 0 &&
-                         region.dim_size(0) < (1 << 24) && region.dim_size(1) < (1 << 24),
+                         region.dim_size(0) < kMaxSide && region.dim_size(1) < kMaxSide,
                 errors::InvalidArgument("region must be a non-empty [h, w, 3] image, got shape ",
                                         region.shape().DebugString()));
     CropParameters params;
@@ -204,12 +223,13 @@ class DecodeJpegCropFlipAndNormalizeOp : public OpKernel {
     OP_REQUIRES_OK(ctx, ReadSize(ctx, &size_));
     std::string dct_method;
     OP_REQUIRES_OK(ctx, ctx->GetAttr("dct_method", &dct_method));
-    // As tf.io.decode_jpeg: unknown names keep libjpeg's default.
-    if (dct_method == "INTEGER_FAST") {
-      flags_.dct_method = JDCT_IFAST;
-    } else if (dct_method == "INTEGER_ACCURATE") {
-      flags_.dct_method = JDCT_ISLOW;
-    }
+    // As tf.io.decode_jpeg: "" is TensorFlow's default, the fast integer DCT (not
+    // libjpeg's, which UncompressFlags would keep), and other names are refused.
+    OP_REQUIRES(ctx, dct_method.empty() || dct_method == "INTEGER_FAST" ||
+                         dct_method == "INTEGER_ACCURATE",
+                errors::InvalidArgument("dct_method must be '', 'INTEGER_FAST' or "
+                                        "'INTEGER_ACCURATE', got '", dct_method, "'"));
+    flags_.dct_method = dct_method == "INTEGER_ACCURATE" ? JDCT_ISLOW : JDCT_IFAST;
     flags_.components = 3;
     flags_.crop = true;
   }
@@ -246,6 +266,10 @@ class DecodeJpegCropFlipAndNormalizeOp : public OpKernel {
                                     side);
     const int64_t y = std::min((2 * params.offset_y * side + scale) / (2 * scale), side - window);
     const int64_t x = std::min((2 * params.offset_x * side + scale) / (2 * scale), side - window);
+    OP_REQUIRES(ctx, window * window * 3 < kMaxWindowBytes,
+                errors::InvalidArgument("the crop's window of a ", height, "x", width,
+                                        " JPEG is ", window, "x", window,
+                                        " pixels, too large to decode"));
     tensorflow::jpeg::UncompressFlags flags = flags_;
     flags.crop_y = static_cast<int>((height - side) / 2 + y);
     flags.crop_x = static_cast<int>((width - side) / 2 + x);

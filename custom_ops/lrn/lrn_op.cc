@@ -5,7 +5,7 @@
 // TensorFlow's own CPU LRN forms the window sum as a banded [C, C] matrix
 // product per pixel block and its gradient as a scalar loop; here each pixel's
 // channels are summed in a window of 2r+1 (vectorised passes for small r, a
-// running sum for large r), so both directions stay close to memory speed.
+// sum over blocks for large r), so both directions stay close to memory speed.
 #define EIGEN_USE_THREADS
 #if GOOGLE_CUDA
 #define EIGEN_USE_GPU
@@ -14,6 +14,7 @@
 #include "lrn_op.h"
 
 #include <algorithm>
+#include <cfloat>
 #include <climits>
 #include <cstdint>
 #include <cmath>
@@ -123,8 +124,8 @@ struct CpuAcc<double> {
 };
 
 // Up to this radius the window sum is an unrolled sum of 2r+1 shifted vector
-// loads per channel (the paper's r = 2 is five); beyond it a running sum,
-// which costs two scalar adds per channel whatever r is, is cheaper.
+// loads per channel (the paper's r = 2 is five); beyond it WindowSums' blocks
+// are cheaper.
 constexpr int kMaxDirectWindowRadius = 8;
 
 template <int R, typename A>
@@ -154,14 +155,25 @@ void WindowSums(const A* __restrict__ padded, int channels, int r,
         std::make_integer_sequence<int, kMaxDirectWindowRadius + 1>());
     return;
   }
-  // Accumulated in double so that subtracting a large square that leaves the
-  // window does not swamp the small ones that remain.
-  double running = 0;
-  for (int d = 0; d < 2 * r; ++d) running += padded[d];
+  // Beyond it, blocks of w = 2r + 1 values: each window is the sum from its first
+  // value to the end of its block plus the sum from the start of the next block to
+  // its last value (van Herk / Gil-Werman), two passes and one add per channel
+  // whatever r is. Nothing is ever subtracted, so a huge square that leaves the
+  // window leaves no rounding residue behind, and a NaN or infinity stays in the
+  // windows that hold it, as in the formula.
+  const int w = 2 * r + 1;
+  const int length = channels + 2 * r;
+  thread_local std::vector<A> suffix, prefix;
+  suffix.resize(length);
+  prefix.resize(length);
+  for (int k = 0; k < length; ++k) {
+    prefix[k] = k % w == 0 ? padded[k] : prefix[k - 1] + padded[k];
+  }
+  for (int k = length - 1; k >= 0; --k) {
+    suffix[k] = (k + 1) % w == 0 || k + 1 == length ? padded[k] : suffix[k + 1] + padded[k];
+  }
   for (int c = 0; c < channels; ++c) {
-    running += padded[c + 2 * r];
-    out[c] = static_cast<A>(running);
-    running -= padded[c];
+    out[c] = c % w == 0 ? suffix[c] : suffix[c] + prefix[c + w - 1];
   }
 }
 
@@ -173,6 +185,39 @@ inline __m256 RsqrtRefined(__m256 v) {
   const __m256 half_v_y2 = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5f), v),
                                          _mm256_mul_ps(y, y));
   return _mm256_mul_ps(y, _mm256_sub_ps(_mm256_set1_ps(1.5f), half_v_y2));
+}
+
+// The lanes of n in [FLT_MIN, FLT_MAX] (not NaN), as a bit mask: where the refined
+// estimates above hold. An infinite n (a square that overflowed) or a subnormal one
+// (a tiny bias) takes the exact formula instead.
+inline int NormalLanes(__m256 n) {
+  const __m256 low = _mm256_cmp_ps(n, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ);
+  const __m256 high = _mm256_cmp_ps(n, _mm256_set1_ps(FLT_MAX), _CMP_LE_OQ);
+  return _mm256_movemask_ps(_mm256_and_ps(low, high));
+}
+
+// n^-3/4 and 1/n of each lane by the scalar formula (ScalesFromSums' tail).
+inline void ExactScales8(__m256 n, __m256* scale, __m256* inv) {
+  alignas(32) float lanes[8], scales[8], invs[8];
+  _mm256_store_ps(lanes, n);
+  for (int k = 0; k < 8; ++k) {
+    scales[k] = 1.0f / (std::sqrt(lanes[k]) * std::sqrt(std::sqrt(lanes[k])));
+    invs[k] = 1.0f / lanes[k];
+  }
+  *scale = _mm256_load_ps(scales);
+  *inv = _mm256_load_ps(invs);
+}
+
+// n^-3/4 and 1/n: a = n^-1/2, b = a^-1/2 = n^1/4, n^-3/4 = a * a * b and 1/n = a * a,
+// without sqrt, pow or division, which would bound the kernel by their throughput.
+inline void Scales8(__m256 n, __m256* scale, __m256* inv) {
+  if (NormalLanes(n) != 0xFF) {
+    ExactScales8(n, scale, inv);
+    return;
+  }
+  const __m256 a = RsqrtRefined(n);
+  *inv = _mm256_mul_ps(a, a);
+  *scale = _mm256_mul_ps(*inv, RsqrtRefined(a));
 }
 
 // g * (relu_output > 0), as TensorFlow's ReluGrad computes it (a product with 1 or 0,
@@ -192,16 +237,14 @@ void ScalesFromSums(const A* __restrict__ sums, int channels, A bias, A alpha,
 #if defined(__AVX2__) && defined(__FMA__)
   if constexpr (std::is_same_v<A, float>) {
     if (beta == 0.75f) {
-      // The paper's beta without sqrt, pow or division, which would bound the
-      // kernel by their throughput: a = n^-1/2, b = a^-1/2 = n^1/4, and
-      // n^-3/4 = a * a * b, 1/n = a * a.
+      // The paper's beta in vectors (Scales8).
       const __m256 vbias = _mm256_set1_ps(bias), valpha = _mm256_set1_ps(alpha);
       for (; c + 8 <= channels; c += 8) {
         const __m256 n = _mm256_fmadd_ps(valpha, _mm256_loadu_ps(sums + c), vbias);
-        const __m256 a = RsqrtRefined(n);
-        const __m256 a2 = _mm256_mul_ps(a, a);
-        _mm256_storeu_ps(scale + c, _mm256_mul_ps(a2, RsqrtRefined(a)));
-        if (inv_norm != nullptr) _mm256_storeu_ps(inv_norm + c, a2);
+        __m256 scales, inv;
+        Scales8(n, &scales, &inv);
+        _mm256_storeu_ps(scale + c, scales);
+        if (inv_norm != nullptr) _mm256_storeu_ps(inv_norm + c, inv);
       }
     }
   }
@@ -296,12 +339,6 @@ inline __m256 WindowSum8(const float* __restrict__ row, int c, int r) {
   return sum;
 }
 
-// n^-3/4 and 1/n as ScalesFromSums computes them.
-inline void Scales8(__m256 sum, __m256 vbias, __m256 valpha, __m256* scale, __m256* inv) {
-  const __m256 a = RsqrtRefined(_mm256_fmadd_ps(valpha, sum, vbias));
-  *inv = _mm256_mul_ps(a, a);
-  *scale = _mm256_mul_ps(*inv, RsqrtRefined(a));
-}
 
 inline void Store8(float* out, __m256 v, bool stream) {
   if (stream) {
@@ -326,7 +363,8 @@ inline void ForwardBlockFloat8(const float* __restrict__ x, float* __restrict__ 
     const int64_t offset = int64_t{i} * channels;
     for (int c = 0; c < channels; c += 8) {
       __m256 scale, inv;
-      Scales8(WindowSum8(rows + i * stride, c, r), vbias, valpha, &scale, &inv);
+      Scales8(_mm256_fmadd_ps(valpha, WindowSum8(rows + i * stride, c, r), vbias), &scale,
+              &inv);
       Store8(y + offset + c, _mm256_mul_ps(_mm256_loadu_ps(x + offset + c), scale), stream);
     }
   }
@@ -350,7 +388,7 @@ inline void BackwardBlockFloat8(const float* __restrict__ dy, const float* __res
     float* __restrict__ scale_row = scales + offset;
     for (int c = 0; c < channels; c += 8) {
       __m256 scale, inv;
-      Scales8(WindowSum8(row, c, r), vbias, valpha, &scale, &inv);
+      Scales8(_mm256_fmadd_ps(valpha, WindowSum8(row, c, r), vbias), &scale, &inv);
       _mm256_storeu_ps(scale_row + c, scale);
       // As BackwardPixels: ((dy * x) * scale) * inv_norm, into the next row's place
       // only once this row's sums are all read: kept in dx meanwhile.
