@@ -533,6 +533,9 @@ def _blob_array(blob, where, layer_type, index):
     shape = _blob_shape(blob)
     if shape is None:
         shape = (len(values),)
+    if any(d < 0 for d in shape):
+        raise CaffeFormatError(
+            f"{where}: blob {index} has shape {list(shape)}, with a negative dimension.")
     needed = math.prod(shape)
     if len(values) != needed:
         raise CaffeFormatError(
@@ -703,12 +706,42 @@ def read_caffemodel(path):
     return _net_from_message(net, path, "model (.caffemodel)")
 
 
+# Caffe's deepest message in a net is four levels down (NetParameter > layer >
+# convolution_param > weight_filler); the text parser recurses once per level, so a
+# file nested thousands deep would exhaust the stack and the memory first.
+MAX_PROTOTXT_NESTING = 32
+# What the nesting count looks at: strings and comments (skipped), and the braces and
+# angle brackets that open and close messages in protobuf text format.
+_PROTOTXT_TOKENS = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|#[^\n]*|[{}<>]""")
+
+
+def _check_nesting(text, path):
+    depth = 0
+    for token in _PROTOTXT_TOKENS.finditer(text):
+        mark = token.group()
+        if mark in "{<":
+            depth += 1
+            if depth > MAX_PROTOTXT_NESTING:
+                line = text.count("\n", 0, token.start()) + 1
+                raise CaffeFormatError(
+                    f"{path}: messages nested more than {MAX_PROTOTXT_NESTING} deep (line "
+                    f"{line}); a Caffe net nests at most a few.")
+        elif mark in "}>":
+            depth -= 1
+
+
 def read_prototxt(path):
     """The CaffeNet a text .prototxt describes (no blobs); fields not read here are skipped."""
     try:
         text = _read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise CaffeFormatError(
+            f"{path}: not a Caffe net in protobuf text format (not UTF-8: {_one_line(error)})."
+        ) from None
+    _check_nesting(text, path)
+    try:
         net = text_format.Parse(text, NetParameter(), allow_unknown_field=True)
-    except (text_format.ParseError, UnicodeDecodeError) as error:
+    except text_format.ParseError as error:
         raise CaffeFormatError(
             f"{path}: not a Caffe net in protobuf text format ({_one_line(error)})."
         ) from None

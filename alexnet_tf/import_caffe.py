@@ -93,7 +93,19 @@ def _blob(layer, index, shape, path):
         raise caffe_proto.CaffeFormatError(
             f'{path}: layer "{layer.name}": blob {index} has shape {list(blob.shape)}, '
             f"bvlc_alexnet's is {list(shape)}.")
-    return np.asarray(blob, np.float64)
+    values = np.asarray(blob, np.float64)
+    check_finite(values, f'{path}: layer "{layer.name}": blob {index}')
+    return values
+
+
+def check_finite(values, where):
+    """Refuses NaN or infinite values: a damaged file, which would train and predict
+    garbage without a word."""
+    bad = np.size(values) - np.count_nonzero(np.isfinite(values))
+    if bad:
+        raise caffe_proto.CaffeFormatError(
+            f"{where} has {bad} NaN or infinite values of {np.size(values)}; the file is "
+            "damaged.")
 
 
 def check_convolution(layer, path):
@@ -230,6 +242,7 @@ def mean_image(mean_path):
         raise caffe_proto.CaffeFormatError(
             f"{mean_path}: the mean has shape {list(mean.shape)}; bvlc_alexnet's is "
             f"[3, {CAFFE_IMAGE_SIZE}, {CAFFE_IMAGE_SIZE}].")
+    check_finite(mean, f"{mean_path}: the mean")
     return np.transpose(mean[::-1], (1, 2, 0)).astype(np.float32)
 
 

@@ -344,11 +344,19 @@ def restore(workdir, log=print):
     network = create_model(config, len(class_names), tower_devices=(None,) * config.towers,
                            dtype_policy="float32")
     try:
-        tf.train.Checkpoint(model=network).read(latest).expect_partial()
+        status = tf.train.Checkpoint(model=network).read(latest)
     except (ValueError, tf.errors.OpError) as e:
         raise TrainingError(
             f"{latest} does not fit the network of {workdir}'s config.json and "
             f"classes.json ({len(class_names)} classes): {e}") from e
+    # The optimizer's state in a training checkpoint is not wanted here; every weight
+    # of the network is: one missing would leave its random initial value in silence.
+    status.expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        raise TrainingError(f"{latest} holds no weights (or not all weights) of the network "
+                            f"of {workdir}'s config.json.") from None
     return Restored(config, network, class_names, load_stats(config, workdir), latest,
                     load_class_descriptions(workdir, class_names))
 

@@ -167,6 +167,12 @@ def local_response_normalization(
     computed with float32 accumulation; float64 is supported for gradient checks. As
     in TensorFlow's op, bias, alpha and beta are float32 attributes.
 
+    Non-finite values follow the formula in IEEE arithmetic, window by window, as
+    `local_response_normalization_reference` does: a NaN makes the outputs of the
+    windows that hold it NaN and no others; an infinite input, or a square past the
+    compute dtype's largest value, makes its windows' norm infinite and their outputs
+    0 (x * inf^-beta), NaN for an infinite input itself (inf * 0).
+
     Raises:
       tf.errors.InvalidArgumentError: for a non-float dtype, a rank other than 4,
         depth_radius < 0 or >= channels, bias <= 0, alpha < 0 or beta < 0.
@@ -293,7 +299,9 @@ def resize_flip_and_normalize(region, size, mean_image, mean_offset, flip, rgb, 
 
     Raises:
       tf.errors.InvalidArgumentError: for a region that is not a non-empty
-        [h, w, 3] uint8 image, or a crop that does not fit in mean_image.
+        [h, w, 3] uint8 image, a crop that does not fit in mean_image (the bounds are
+        checked in 64 bits, so no offset wraps around them), or an rgb that is not
+        finite.
     """
     with tf.name_scope(name or "ResizeFlipAndNormalize"):
         return load_library().alexnet_tf_resize_flip_and_normalize(
@@ -317,8 +325,8 @@ def decode_jpeg_crop_flip_and_normalize(
       contents: string scalar, the JPEG.
       size, mean_image, mean_offset, flip, rgb: as `resize_flip_and_normalize`;
         mean_image must be square.
-      dct_method: as `tf.io.decode_jpeg` ("INTEGER_FAST", "INTEGER_ACCURATE" or ""
-        for libjpeg's default).
+      dct_method: as `tf.io.decode_jpeg`: "INTEGER_FAST", "INTEGER_ACCURATE", or ""
+        for TensorFlow's default (the fast one); another name is refused.
 
     Returns:
       float32 [size, size, 3], equal to `resize_flip_and_normalize` of
@@ -350,6 +358,11 @@ def augmentation_draws(index, lighting_basis, seed, image_size, crop_size, light
       (offset, flip, rgb): int32 [2] (y, x) of the crop in the image_size square,
       bool scalar, float32 [3] lighting vector (a @ lighting_basis, a_i ~ N(0,
       lighting_stddev)).
+
+    Raises:
+      tf.errors.InvalidArgumentError: for an index outside [0, 2^62) (its seeds 2i and
+        2i + 1 would overflow), a lighting_stddev or lighting_basis that is not finite,
+        a negative lighting_stddev, or a crop_size larger than image_size.
     """
     return load_library().alexnet_tf_augmentation_draws(
         tf.cast(index, tf.int64),

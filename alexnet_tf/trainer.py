@@ -30,6 +30,7 @@ import signal
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
@@ -388,14 +389,32 @@ def check_init_source(config):
             "leave those settings out to take the source's.")
 
 
+def _checked_source_weights(config, layer, source, checkpoint):
+    """The --init_from model's weights for `layer`: every one there, of its shapes, finite."""
+    values = [w.numpy() for w in source[layer.name].weights] if layer.name in source else []
+    shapes = [tuple(w.shape) for w in layer.weights]
+    if [v.shape for v in values] != shapes:
+        raise TrainingError(
+            f"--init_from={config.init_from}: its layer {layer.name} has weights of shapes "
+            f"{[v.shape for v in values]}, this network's are {shapes}.")
+    bad = sum(v.size - np.count_nonzero(np.isfinite(v)) for v in values)
+    if bad:
+        raise TrainingError(
+            f"--init_from={config.init_from}: layer {layer.name} holds {bad} NaN or infinite "
+            f"weights ({checkpoint} is damaged); nothing was trained.")
+    return values
+
+
 def init_from_source(config, model):
     """Copies every layer's weights but fc8's from the --init_from model directory."""
     restored = model_dir.restore(config.init_from)
+    source = {layer.name: layer for layer in restored.network.layers}
     copied = []
     for layer in model.layers:
         if not layer.weights or layer.name == "fc8":
             continue
-        for target, value in zip(layer.weights, restored.network.get_layer(layer.name).weights):
+        values = _checked_source_weights(config, layer, source, restored.checkpoint)
+        for target, value in zip(layer.weights, values):
             target.assign(value)
         copied.append(layer.name)
     print(f"Initialized from {restored.checkpoint}: {', '.join(copied)}; fc8 new for "

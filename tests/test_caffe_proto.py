@@ -21,7 +21,10 @@ VARINT, FIXED32 = 0, 5
 
 
 def varint(n):
-    """Base-128 varint: 7 bits a byte, low group first, high bit set on all but the last."""
+    """Base-128 varint: 7 bits a byte, low group first, high bit set on all but the last;
+    a negative number as its 64-bit two's complement (ten bytes), as protobuf's int32
+    and int64 are."""
+    n = n % 2**64
     out = bytearray()
     while True:
         low, n = n & 0x7F, n >> 7
@@ -512,3 +515,33 @@ def test_alexnet_forward_shapes_and_parameter_count():
     assert activations["pool2"].shape == (2, 256, 13, 13)
     assert np.std(logits) > 1.0
     assert np.abs(logits[0] - logits[1]).max() > 1e-3 * np.abs(logits).max()
+
+
+def test_negative_dimensions_are_refused_in_one_line(tmp_path):
+    model = tmp_path / "negative.caffemodel"
+    model.write_bytes(new_layer("fc8", "InnerProduct", "fc7", "fc8",
+                                length_delimited(7, new_blob([-2, -48], [0.0] * 96))))
+    assert_one_line_error(caffe_proto.read_caffemodel, model, 'layer "fc8"',
+                          "blob 0 has shape [-2, -48], with a negative dimension")
+    mean = tmp_path / "negative.binaryproto"
+    mean.write_bytes(v1_blob([-1, -3, 2, 2], [0.0] * 12))
+    assert_one_line_error(caffe_proto.read_mean_binaryproto, mean,
+                          "[-1, -3, 2, 2], with a negative dimension")
+
+
+def test_a_prototxt_nested_past_any_caffe_net_is_refused_before_parsing(tmp_path):
+    deep = tmp_path / "deep.prototxt"
+    deep.write_text("layer { " * 50_000 + "} " * 50_000)
+    assert_one_line_error(caffe_proto.read_prototxt, deep, "nested more than 32 deep",
+                          "line 1")
+    # Braces inside strings and comments are not nesting.
+    quoted = tmp_path / "quoted.prototxt"
+    quoted.write_text("# " + "{" * 100 + "\n" + DEPLOY_PROTOTXT.replace(
+        'name: "AlexNet"', 'name: "' + "{" * 100 + '"', 1))
+    assert caffe_proto.read_prototxt(quoted).name == "{" * 100
+
+
+def test_a_prototxt_that_is_not_utf8_is_refused_in_one_line(tmp_path):
+    latin = tmp_path / "latin.prototxt"
+    latin.write_bytes(b'name: "caf\xe9"\n')
+    assert_one_line_error(caffe_proto.read_prototxt, latin, "not UTF-8")

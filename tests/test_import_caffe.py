@@ -2,6 +2,7 @@
 formats, converted, against an independent NumPy float64 forward pass of Caffe's
 network; the model directory through the tools, the export and fine-tuning; bad files."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -226,3 +227,86 @@ def test_fine_tuning_refuses_another_network_and_unknown_layers(imported, tmp_pa
     assert not (tmp_path / "model").exists()
     bad = config_lib.validate(config_lib.TrainConfig(data_dir="d", train_layers=("fc9",)))
     assert any("--train_layers names fc9" in e for e in bad)
+
+
+def test_nan_weights_or_mean_are_refused_naming_the_layer_and_nothing_is_written(
+        caffe_files, tmp_path):
+    layers = [caffe_proto.CaffeLayer(layer.name, layer.type, layer.bottoms, layer.tops,
+                                     list(layer.blobs), layer.params)
+              for layer in caffe_files["layers"]]
+    conv1 = next(layer for layer in layers if layer.name == "conv1")
+    conv1.blobs[0] = np.full_like(conv1.blobs[0], np.nan)
+    damaged = tmp_path / "nan.caffemodel"
+    caffe_proto.write_caffemodel(str(damaged), layers)
+    result = run_import(f"--caffemodel={damaged}", f"--output={tmp_path / 'out'}")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if "caffemodel" in line] == [
+        f'error: {damaged}: layer "conv1": blob 0 has {conv1.blobs[0].size} NaN or infinite '
+        f"values of {conv1.blobs[0].size}; the file is damaged."]
+    assert not (tmp_path / "out").exists()
+
+    mean = caffe_files["mean"].copy()
+    mean[1, 2, 3] = np.inf
+    mean_path = tmp_path / "inf.binaryproto"
+    caffe_proto.write_mean_binaryproto(str(mean_path), mean)
+    with pytest.raises(caffe_proto.CaffeFormatError,
+                       match=r"inf.binaryproto: the mean has 1 NaN or infinite values"):
+        import_caffe.import_caffe(caffe_files["paths"]["layer"], str(tmp_path / "out"),
+                                  mean=str(mean_path))
+    assert not (tmp_path / "out").exists()
+
+
+def damaged_copy(imported, tmp_path, damage):
+    """A copy of the imported model directory whose checkpoint `damage` rewrote."""
+    import shutil
+
+    copy = str(tmp_path / "damaged")
+    shutil.copytree(imported, copy)
+    restored = model_dir.restore(copy)
+    prefix = restored.checkpoint
+    damage(restored.network, prefix)
+    return copy
+
+
+def test_init_from_refuses_nan_weights_naming_the_layer(imported, tmp_path):
+    def nan_in_conv3(network, prefix):
+        kernel = network.get_layer("conv3").weights[0]
+        values = kernel.numpy()
+        values.reshape(-1)[::7] = np.nan
+        kernel.assign(values)
+        tf.train.Checkpoint(model=network).write(prefix)
+
+    source = damaged_copy(imported, tmp_path, nan_in_conv3)
+    config = dataclasses.replace(model_dir.load_config(source), init_from=source)
+    model = model_dir.create_model(config, NUM_CLASSES, tower_devices=(None,) * config.towers,
+                                   dtype_policy="float32")
+    expected = int(np.ceil(model.get_layer("conv3").weights[0].numpy().size / 7))
+    with pytest.raises(trainer.TrainingError,
+                       match=rf"layer conv3 holds {expected} NaN or infinite weights"):
+        trainer.init_from_source(config, model)
+
+
+def test_init_from_refuses_a_layer_without_a_source(imported):
+    config = dataclasses.replace(model_dir.load_config(imported), init_from=imported)
+    model = model_dir.create_model(config, NUM_CLASSES, tower_devices=(None,) * config.towers,
+                                   dtype_policy="float32")
+    with pytest.raises(trainer.TrainingError, match=r"its layer conv2 has weights of shapes "
+                                                    r"\[\], this network's are \[\(5, 5"):
+        trainer._checked_source_weights(config, model.get_layer("conv2"), {}, "ckpt")
+
+
+def test_a_checkpoint_without_the_network_is_refused_by_the_tools(imported, tmp_path):
+    def only_a_step(network, prefix):
+        for path in tf.io.gfile.glob(prefix + ".*"):
+            os.remove(path)
+        tf.train.Checkpoint(step=tf.Variable(3, dtype=tf.int64)).write(prefix)
+
+    source = damaged_copy(imported, tmp_path, only_a_step)
+    with pytest.raises(model_dir.TrainingError, match="holds no weights"):
+        model_dir.restore(source)
+    result = subprocess.run([sys.executable, "-m", "alexnet_tf.export", f"--model_dir={source}",
+                             f"--output={tmp_path / 'export'}"], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "holds no weights" in result.stderr.splitlines()[-1]
+    assert not (tmp_path / "export").exists()
