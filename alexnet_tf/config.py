@@ -11,6 +11,7 @@ read by one loader (`load_flagfile`) that parses it with those same flag definit
 import dataclasses
 import json
 import os
+import sys
 
 from absl import flags as absl_flags
 
@@ -294,6 +295,35 @@ def config_from_flag_values(flag_values=absl_flags.FLAGS):
     return TrainConfig(**values), flag_values[MODEL_DIR_FLAG].value
 
 
+def _flagfile_not_text(argv, error):
+    """One line naming the --flagfile of argv that is not UTF-8 text, and where."""
+    for arg in argv:
+        if arg.startswith(("--flagfile=", "-flagfile=")):
+            path = arg.split("=", 1)[1]
+            try:
+                with open(path, encoding="utf-8") as f:
+                    f.read()
+            except UnicodeDecodeError as e:
+                return (f"--flagfile={path} is not UTF-8 text (byte {e.start}: "
+                        f"{e.object[e.start:e.start + 1]!r}); a flagfile holds one --flag=value "
+                        "per line.")
+            except OSError:
+                continue
+    return f"a flagfile is not UTF-8 text ({error.reason} at byte {error.start})."
+
+
+def parse_flags(argv, flag_values=absl_flags.FLAGS):
+    """absl's parse of argv (`app.run`'s flags_parser), with its errors as one line and
+    exit status 1: an unknown flag or bad value, a missing or undecodable flagfile."""
+    try:
+        return flag_values(argv)
+    except UnicodeDecodeError as e:
+        sys.exit(f"error: {_flagfile_not_text(argv[1:], e)}")
+    except absl_flags.Error as e:
+        message = " ".join(str(e).split()).removeprefix("ERROR:: ")
+        sys.exit(f"error: {message} (--helpfull lists the flags).")
+
+
 def parse_args(argv):
     """(TrainConfig, model_dir) from command-line style arguments, e.g.
     ["--flagfile=configs/small.flags", "--epochs=2"], with absl's own parser and the
@@ -308,6 +338,8 @@ def parse_args(argv):
         flag_values(["alexnet_tf.train", *argv])
     except absl_flags.Error as e:
         raise ValueError(str(e)) from e
+    except UnicodeDecodeError as e:
+        raise ValueError(_flagfile_not_text(argv, e)) from e
     return config_from_flag_values(flag_values)
 
 

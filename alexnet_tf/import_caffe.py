@@ -355,4 +355,4 @@ if __name__ == "__main__":
                         "per-channel means).")
     flags.DEFINE_string("output", None, "The model directory to write; must not exist.",
                         required=True)
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

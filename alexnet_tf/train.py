@@ -59,7 +59,7 @@ def main(argv):
 
     errors = config_lib.validate(config, os.environ.get(distribute.TF_CONFIG))
     if errors:
-        sys.exit("error: " + "\n       ".join(errors))
+        sys.exit("error: " + " ".join(errors))
 
     from alexnet_tf import trainer
 
@@ -74,4 +74,4 @@ def main(argv):
 
 if __name__ == "__main__":
     config_lib.define_flags()
-    app.run(main)
+    app.run(main, flags_parser=config_lib.parse_flags)

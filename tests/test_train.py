@@ -416,6 +416,32 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert not workdir.exists()
 
 
+def last_line_only(result):
+    """The command's own stderr (TensorFlow's start-up lines apart) is one line."""
+    ours = [line for line in result.stderr.splitlines() if not line.startswith(("I0000", "W0000",
+                                                                                 "WARNING:"))]
+    assert len(ours) == 1 and ours[0].startswith("error: "), result.stderr
+    return ours[0]
+
+
+def test_every_flag_error_is_one_line_with_exit_status_1(tmp_path):
+    workdir = tmp_path / "model"
+    latin = tmp_path / "latin.flags"
+    latin.write_bytes(b"--epochs=3\n--model_size=caf\xe9\n")
+    undecodable = run_train(f"--flagfile={latin}", f"--model_dir={workdir}")
+    assert undecodable.returncode == 1
+    assert last_line_only(undecodable) == (
+        f"error: --flagfile={latin} is not UTF-8 text (byte 27: b'\\xe9'); a flagfile holds "
+        "one --flag=value per line.")
+    missing = run_train(f"--flagfile={tmp_path / 'none.flags'}", f"--model_dir={workdir}")
+    assert missing.returncode == 1 and "none.flags" in last_line_only(missing)
+    several = run_train(f"--model_dir={workdir}", "--epochs=-1", "--batch_size=0")
+    assert several.returncode == 1
+    line = last_line_only(several)
+    assert "--batch_size=0 must be at least 1." in line and "--epochs=-1 must be at least 1" in line
+    assert not workdir.exists()
+
+
 # Decoded into memory (the default for small data), each image is read once; from its
 # file, once by the statistics pass and once by the epoch.
 @pytest.mark.parametrize("cache_images_mb, passes", [(256, 1), (0, 2)])
