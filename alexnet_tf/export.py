@@ -17,9 +17,14 @@ ten crops):
 Outputs: probabilities [N, C], top5_classes int32 [N, 5], top5_probabilities
 [N, 5], top5_class_names string [N, 5], features float32 [N, 4096] (fc7).
 An element of `images` that does not decode fails the request with an
-InvalidArgumentError naming its index in the batch.
+InvalidArgumentError naming its index in the batch, and so does one whose header
+declares more than `max_image_pixels` pixels (default 2^28, 268 million: a 16384 x
+16384 image, past any camera's photograph), before any pixel is decoded, so that a
+decompression bomb (a few KB of PNG that decode to gigabytes) costs a server
+milliseconds and no memory. An empty batch returns empty outputs.
 
     python -m alexnet_tf.export --model_dir=MODEL_DIR [--output=DIR] [--ten_crop] [--overwrite]
+        [--max_image_pixels=N]
 
 The output must not exist (or be an empty directory), unless it is a SavedModel this
 command wrote before and --overwrite is given; a model directory is never accepted as
@@ -35,10 +40,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import files, model_dir, preprocessing
+from alexnet_tf import config as config_lib, files, model_dir, preprocessing
 from alexnet_tf import model as model_lib
 
 TOP_K = 5
+# The most pixels serving_default decodes in one image: its decoded RGB is 768 MiB.
+DEFAULT_MAX_IMAGE_PIXELS = 2**28
 # Beside saved_model.pb: what a reader needs to know without running the graph, and the
 # mark of a SavedModel this module wrote.
 INFO_FILE = "alexnet_tf.json"
@@ -51,7 +58,8 @@ class ExportError(model_dir.TrainingError):
 class ServingModule(tf.Module):
     """The network, its mean image and class names, behind two serving functions."""
 
-    def __init__(self, network, mean_image, class_names, crop_size, ten_crop):
+    def __init__(self, network, mean_image, class_names, crop_size, ten_crop,
+                 max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
         super().__init__()
         features = model_lib.feature_model(network)
         # Not tracked as an attribute: the SavedModel would store the Keras variables
@@ -67,10 +75,27 @@ class ServingModule(tf.Module):
                                        name="class_names")
         self.crop_size = int(crop_size)
         self.ten_crop = bool(ten_crop)
+        self.max_image_pixels = int(max_image_pixels)
+        self.num_classes = int(network.output.shape[-1])
+        self.num_features = int(features.output.shape[-1])
 
     def predict_crops(self, crops):
         """The output dict of a batch of evaluation inputs: [N, crop, crop, 3], or
-        [N, 10, crop, crop, 3] whose softmax (and fc7 feature) is averaged."""
+        [N, 10, crop, crop, 3] whose softmax (and fc7 feature) is averaged; empty
+        outputs for N = 0, which the network's convolutions do not take."""
+        return tf.cond(tf.shape(crops)[0] > 0, lambda: self._predict(crops), self._no_outputs)
+
+    def _no_outputs(self):
+        k = min(TOP_K, self.num_classes)
+        return {
+            "probabilities": tf.zeros([0, self.num_classes], tf.float32),
+            "top5_classes": tf.zeros([0, k], tf.int32),
+            "top5_probabilities": tf.zeros([0, k], tf.float32),
+            "top5_class_names": tf.fill([0, k], ""),
+            "features": tf.zeros([0, self.num_features], tf.float32),
+        }
+
+    def _predict(self, crops):
         if self.ten_crop:
             flat = tf.reshape(crops, [-1, self.crop_size, self.crop_size, 3])
             logits, features = self._logits_and_features(flat, training=False)
@@ -98,30 +123,43 @@ class ServingModule(tf.Module):
         shape = [self.crop_size, self.crop_size, 3]
         return tf.TensorSpec([10] + shape if self.ten_crop else shape, tf.float32)
 
+    def _decode(self, index, encoded):
+        """(index, crops, too large): the crops of one encoded image, or zeros without
+        decoding it where its header declares more than max_image_pixels pixels."""
+        height, width = preprocessing.encoded_image_size(encoded)
+        too_large = height * width > self.max_image_pixels
+        crops = tf.cond(
+            too_large, lambda: tf.zeros(self._crop_spec().shape, tf.float32),
+            lambda: preprocessing.eval_crops_from_bytes(
+                encoded, self.mean_image, self.crop_size, ten_crop=self.ten_crop))
+        return index, crops, too_large
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
     def serve_encoded(self, images):
         count = tf.shape(images, out_type=tf.int64)[0]
-
-        def decode(index, encoded):
-            return index, preprocessing.eval_crops_from_bytes(
-                encoded, self.mean_image, self.crop_size, ten_crop=self.ten_crop)
-
         # tf.data, so that an element that does not decode is dropped rather than
         # failing the batch with a message that names no element; the request then
         # fails below, naming the missing ones.
         decoded = (tf.data.Dataset.from_tensor_slices(images).enumerate()
-                   .map(decode).ignore_errors(log_warning=False)
+                   .map(self._decode).ignore_errors(log_warning=False)
                    .batch(tf.maximum(count, 1)))
-        empty = (tf.zeros([0], tf.int64), tf.zeros([0] + self._crop_spec().shape, tf.float32))
-        indices, crops = decoded.reduce(
-            empty, lambda done, batch: (tf.concat([done[0], batch[0]], 0),
-                                        tf.concat([done[1], batch[1]], 0)))
+        empty = (tf.zeros([0], tf.int64), tf.zeros([0] + self._crop_spec().shape, tf.float32),
+                 tf.zeros([0], tf.bool))
+        indices, crops, too_large = decoded.reduce(
+            empty, lambda done, batch: tuple(tf.concat([d, b], 0) for d, b in zip(done, batch)))
         missing = tf.sparse.to_dense(tf.sets.difference(tf.range(count)[None], indices[None]))[0]
-        check = tf.debugging.Assert(
-            tf.equal(tf.size(missing), 0),
-            ["images[i] is not a decodable JPEG, PNG, GIF, BMP or WebP image, for i in",
-             missing], summarize=64)
-        with tf.control_dependencies([check]):
+        checks = [
+            tf.debugging.Assert(
+                tf.logical_not(tf.reduce_any(too_large)),
+                [f"images[i] declares more than {self.max_image_pixels} pixels (the export's "
+                 "--max_image_pixels), for i in", tf.boolean_mask(indices, too_large)],
+                summarize=64),
+            tf.debugging.Assert(
+                tf.equal(tf.size(missing), 0),
+                ["images[i] is not a decodable JPEG, PNG, GIF, BMP or WebP image, for i in",
+                 missing], summarize=64),
+        ]
+        with tf.control_dependencies(checks):
             crops = tf.identity(crops)
         return self.predict_crops(crops)
 
@@ -166,7 +204,7 @@ def check_output(export_dir, overwrite):
 
 def export_saved_model(model_config, num_classes, weights, stats, class_names, export_dir,
                        ten_crop=False, keep_custom_op=False, replace=False,
-                       class_descriptions=None):
+                       class_descriptions=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Writes the SavedModel of a network with `weights` (from the same builder and
     config) to export_dir. Its `top5_class_names` are the class_descriptions where
     given (words for ImageNet's synset ids), else the class names; the names are kept
@@ -174,6 +212,8 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
     this module and `replace` is set (see `check_output`). Returns export_dir.
     """
     check_output(export_dir, replace)
+    if max_image_pixels < 1:
+        raise ExportError(f"--max_image_pixels must be at least 1, got {max_image_pixels}.")
     network = model_dir.create_model(
         model_config, num_classes,
         tower_devices=(None,) * model_config.towers,
@@ -183,7 +223,7 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
     )
     network.set_weights([np.asarray(w, np.float32) for w in weights])
     module = ServingModule(network, stats.mean_image, class_descriptions or class_names,
-                           model_config.crop_size, ten_crop)
+                           model_config.crop_size, ten_crop, max_image_pixels)
     with files.staged_directory(export_dir, lambda path: check_output(path, replace)) as staging:
         tf.saved_model.save(
             module, staging,
@@ -195,13 +235,14 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
         with open(os.path.join(staging, INFO_FILE), "w") as f:
             json.dump({"num_classes": num_classes, "image_size": model_config.image_size,
                        "crop_size": model_config.crop_size, "ten_crop": ten_crop,
+                       "max_image_pixels": max_image_pixels,
                        "standard_ops_only": not keep_custom_op,
                        "class_names": list(class_names)}, f, indent=2)
     return export_dir
 
 
 def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=False,
-                          overwrite=False):
+                          overwrite=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
     """Exports the newest intact checkpoint of a training run's model directory."""
     export_dir = output or os.path.join(workdir, model_dir.EXPORT_DIR)
     if os.path.abspath(export_dir) == os.path.abspath(workdir):
@@ -213,7 +254,8 @@ def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=F
                               restored.network.get_weights(), restored.stats,
                               restored.class_names, export_dir, ten_crop=ten_crop,
                               keep_custom_op=keep_custom_op, replace=overwrite,
-                              class_descriptions=restored.class_descriptions)
+                              class_descriptions=restored.class_descriptions,
+                              max_image_pixels=max_image_pixels)
 
 
 def main(argv):
@@ -224,7 +266,7 @@ def main(argv):
     f = flags.FLAGS
     try:
         path = export_from_model_dir(f.model_dir, f.output, f.ten_crop, f.keep_custom_op,
-                                     f.overwrite)
+                                     f.overwrite, f.max_image_pixels)
     except (model_dir.TrainingError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"Exported {f.model_dir} to {path}")
@@ -240,4 +282,7 @@ if __name__ == "__main__":
     flags.DEFINE_bool("keep_custom_op", False,
                       "Keep the compiled LRN op (loaders must load alexnet_tf's library).")
     flags.DEFINE_bool("overwrite", False, "Replace an earlier export of this command at --output.")
-    app.run(main)
+    flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
+                         "serving_default refuses an image whose header declares more pixels, "
+                         "before decoding it.", lower_bound=1)
+    app.run(main, flags_parser=config_lib.parse_flags)

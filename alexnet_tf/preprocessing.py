@@ -89,6 +89,78 @@ def decode_image(image_bytes, dct_method=DEFAULT_DCT_METHOD):
     return image
 
 
+# The bytes of an image's header that encoded_image_size reads.
+_HEADER_BYTES = 32
+
+
+def _header(image_bytes):
+    """The first _HEADER_BYTES bytes as int64 [32], zeros past the end of short data."""
+    head = tf.strings.substr(image_bytes, 0, _HEADER_BYTES)
+    padded = tf.strings.substr(tf.strings.join([head, b"\0" * _HEADER_BYTES]), 0, _HEADER_BYTES)
+    return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+
+
+def _unsigned(header, start, length, big_endian=False):
+    """The unsigned integer in header[start:start + length]."""
+    value = tf.constant(0, tf.int64)
+    for k in range(length):
+        byte = header[start + k] if big_endian else header[start + length - 1 - k]
+        value = value * 256 + byte
+    return value
+
+
+def _starts_with(header, prefix, at=0):
+    return tf.reduce_all(tf.equal(header[at:at + len(prefix)], list(prefix)))
+
+
+def _non_jpeg_size(header):
+    """(height, width) from a PNG, GIF, BMP or WebP header; (0, 0) for anything else.
+
+    PNG: IHDR's big-endian width and height; GIF: the logical screen's; BMP: the
+    DIB header's (16 bits in the old core header, else 32 bits, a negative height
+    meaning top-down); WebP: the VP8 frame's 14-bit sizes, VP8L's packed 14-bit sizes
+    minus one, or VP8X's 24-bit canvas sizes minus one.
+    """
+    def signed32(value):
+        return tf.abs(tf.where(value >= 2**31, value - 2**32, value))
+
+    vp8 = (_unsigned(header, 28, 2) % 2**14, _unsigned(header, 26, 2) % 2**14)
+    vp8l_bits = _unsigned(header, 21, 4)
+    vp8l = ((vp8l_bits // 2**14) % 2**14 + 1, vp8l_bits % 2**14 + 1)
+    vp8x = (_unsigned(header, 27, 3) + 1, _unsigned(header, 24, 3) + 1)
+    core_bmp = tf.equal(_unsigned(header, 14, 4), 12)
+    bmp = (tf.where(core_bmp, _unsigned(header, 20, 2), signed32(_unsigned(header, 22, 4))),
+           tf.where(core_bmp, _unsigned(header, 18, 2), signed32(_unsigned(header, 18, 4))))
+    webp = _starts_with(header, b"RIFF") & _starts_with(header, b"WEBP", 8)
+    cases = [
+        (_starts_with(header, b"\x89PNG"),
+         (_unsigned(header, 20, 4, big_endian=True), _unsigned(header, 16, 4, big_endian=True))),
+        (_starts_with(header, b"GIF8"), (_unsigned(header, 8, 2), _unsigned(header, 6, 2))),
+        (_starts_with(header, b"BM"), bmp),
+        (webp & _starts_with(header, b"VP8 ", 12), vp8),
+        (webp & _starts_with(header, b"VP8L", 12), vp8l),
+        (webp & _starts_with(header, b"VP8X", 12), vp8x),
+    ]
+    height, width = tf.constant(0, tf.int64), tf.constant(0, tf.int64)
+    for condition, (h, w) in reversed(cases):
+        height, width = tf.where(condition, h, height), tf.where(condition, w, width)
+    return height, width
+
+
+def encoded_image_size(image_bytes):
+    """(height, width) int64 of an encoded image, read from its header alone: no pixel
+    is decoded, so a decompression bomb (a few KB that decode to gigabytes) costs
+    nothing to measure. (0, 0) for data of no known format; a JPEG whose header does
+    not parse fails as its decode would."""
+    image_bytes = tf.convert_to_tensor(image_bytes, tf.string)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image_bytes), tf.int64)
+        return shape[0], shape[1]
+
+    return tf.cond(tf.io.is_jpeg(image_bytes), jpeg, lambda: _non_jpeg_size(_header(image_bytes)))
+
+
 def _source_window(height, width, image_size, crop_size, offset_y, offset_x):
     """The [y, x, h, w] region of an HxW image that the crop of its rescale covers.
 

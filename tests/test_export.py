@@ -1,13 +1,16 @@
 """The SavedModel: standard ops only, loaded in a process that never imports alexnet_tf,
 gives the in-memory model's answers, through tf.saved_model.load and saved_model_cli."""
 
+import io
 import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -218,6 +221,97 @@ def test_serving_names_the_elements_that_do_not_decode(trained):
     assert re.search(r"images\[i\] is not a decodable JPEG, PNG, GIF, BMP or WebP image, "
                      r"for i in\] \[1 3\]", raised.value.message), raised.value.message
     assert serve(images=tf.constant([good, good]))["probabilities"].shape == (2, 4)
+
+
+def png_bomb(width, height):
+    """A 1-bit grey PNG of zeros: a few KB that decode to width x height x 3 bytes."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (1 + (width + 7) // 8)
+    data = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0,
+                                                                0, 0, 0))
+            + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+BOMB_REQUEST = r"""
+import resource, sys
+import tensorflow as tf
+export_dir, bomb_path, good_path = sys.argv[1:]
+serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+try:
+    serve(images=tf.constant([open(good_path, "rb").read(), open(bomb_path, "rb").read()]))
+    print("served")
+except tf.errors.InvalidArgumentError as e:
+    print(next(line for line in e.message.splitlines() if "images[i]" in line))
+print("peak MB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_in_bounded_memory(trained, tmp_path):
+    # 20000 x 20000 = 400 million pixels in 49 KB: decoded, 1.2 GB of RGB and several
+    # times that on the way; the default limit is 2^28 pixels.
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_bomb(20000, 20000))
+    assert bomb.stat().st_size < 60_000
+    export_dir = export_trained(trained, "export_bomb")
+    result = subprocess.run([sys.executable, "-c", BOMB_REQUEST, export_dir, str(bomb),
+                             trained["images"][0]], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    refusal, peak = result.stdout.splitlines()[-2:]
+    assert refusal.endswith("images[i] declares more than 268435456 pixels (the export\\'s "
+                            "--max_image_pixels), for i in] [1]"), refusal
+    # Loading TensorFlow and the model is about 0.6 GB; decoding the bomb would be 6 GB.
+    assert int(peak.split()[-1]) < 1500, peak
+
+
+def test_the_pixel_limit_is_exact_for_every_format(trained, tmp_path):
+    from PIL import Image
+
+    serve = {}
+    for limit in (1200, 1199):
+        export_dir = str(tmp_path / f"export_{limit}")
+        export.export_saved_model(
+            trained["config"], 4, trained["network"].get_weights(), trained["stats"],
+            trained["class_names"], export_dir, max_image_pixels=limit)
+        info = json.load(open(os.path.join(export_dir, export.INFO_FILE)))
+        assert info["max_image_pixels"] == limit
+        serve[limit] = tf.saved_model.load(export_dir).signatures["serving_default"]
+    for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP"):
+        buffer = io.BytesIO()
+        Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(buffer, format=fmt)
+        encoded = buffer.getvalue()
+        assert [int(v) for v in preprocessing.encoded_image_size(encoded)] == [30, 40], fmt
+        assert serve[1200](images=tf.constant([encoded]))["probabilities"].shape == (1, 4)
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=r"more than 1199 pixels .* \[0\]"):
+            serve[1199](images=tf.constant([encoded]))
+
+
+@pytest.mark.parametrize("mode,fmt,expected", [
+    ("RGBA", "WEBP", [30, 40]),  # lossy with alpha: the extended (VP8X) header
+    ("RGB", "GIF", [30, 40]),
+])
+def test_header_sizes_of_extended_formats(mode, fmt, expected):
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(mode, (40, 30)).save(buffer, format=fmt, quality=80)
+    assert buffer.getvalue()[12:16] == b"VP8X" or fmt != "WEBP"
+    assert [int(v) for v in preprocessing.encoded_image_size(buffer.getvalue())] == expected
+    assert [int(v) for v in preprocessing.encoded_image_size(b"not an image")] == [0, 0]
+
+
+def test_an_empty_batch_gives_empty_outputs(trained):
+    loaded = tf.saved_model.load(export_trained(trained, "export_empty"))
+    expected = {"probabilities": (0, 4), "top5_classes": (0, 4), "top5_probabilities": (0, 4),
+                "top5_class_names": (0, 4), "features": (0, 512)}
+    for outputs in (loaded.signatures["serving_default"](images=tf.constant([], tf.string)),
+                    loaded.signatures["serve_images"](images=tf.zeros([0, 40, 40, 3], tf.uint8))):
+        assert {name: tuple(value.shape) for name, value in outputs.items()} == expected
 
 
 def test_the_export_stores_each_weight_once(trained):
