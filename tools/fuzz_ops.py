@@ -310,8 +310,8 @@ def _in_normal_range(values, dtype):
 
 def lrn_gradient_reference(tf, case):
     """(dx, the magnitude of its terms) by the formula in NumPy float64
-    (tools/lrn_reference.py), times (x > 0) through the ReLU, rounded to the op's
-    dtype. None where an input is not finite or where a value on the way (a square,
+    (tools/lrn_reference.py), rounded to the op's dtype, then times (x > 0) through
+    the ReLU (so a float16 overflow stays NaN there, as ReluGrad's does). None where an input is not finite or where a value on the way (a square,
     the norm, its powers, the products of the second term) leaves the normal range
     of the op's compute dtype, which float64 keeps: there the two differ by what
     each can represent, and the case checks only that the op does not crash."""
@@ -331,8 +331,9 @@ def lrn_gradient_reference(tf, case):
                   products, cross, first, second, 2 * alpha * beta * x)
     if not all(_in_normal_range(v, compute) for v in on_the_way):
         return None
-    dx = (first - second) * (x > 0) if case["through_relu"] else first - second
-    stored = np.asarray(tf.cast(tf.cast(dx, dtype), tf.float64))
+    stored = np.asarray(tf.cast(tf.cast(first - second, dtype), tf.float64))
+    if case["through_relu"]:  # ReluGrad's product with 1 or 0, after the rounding
+        stored = stored * (x > 0)
     terms = np.concatenate([np.abs(first).ravel(), np.abs(second).ravel()])
     return stored, float(terms.max()) if terms.size else 0.0
 

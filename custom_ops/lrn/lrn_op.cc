@@ -16,8 +16,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -187,37 +187,17 @@ inline __m256 RsqrtRefined(__m256 v) {
   return _mm256_mul_ps(y, _mm256_sub_ps(_mm256_set1_ps(1.5f), half_v_y2));
 }
 
-// The lanes of n in [FLT_MIN, FLT_MAX] (not NaN), as a bit mask: where the refined
-// estimates above hold. An infinite n (a square that overflowed) or a subnormal one
-// (a tiny bias) takes the exact formula instead.
-inline int NormalLanes(__m256 n) {
-  const __m256 low = _mm256_cmp_ps(n, _mm256_set1_ps(FLT_MIN), _CMP_GE_OQ);
-  const __m256 high = _mm256_cmp_ps(n, _mm256_set1_ps(FLT_MAX), _CMP_LE_OQ);
-  return _mm256_movemask_ps(_mm256_and_ps(low, high));
-}
-
-// n^-3/4 and 1/n of each lane by the scalar formula (ScalesFromSums' tail).
-inline void ExactScales8(__m256 n, __m256* scale, __m256* inv) {
-  alignas(32) float lanes[8], scales[8], invs[8];
-  _mm256_store_ps(lanes, n);
-  for (int k = 0; k < 8; ++k) {
-    scales[k] = 1.0f / (std::sqrt(lanes[k]) * std::sqrt(std::sqrt(lanes[k])));
-    invs[k] = 1.0f / lanes[k];
-  }
-  *scale = _mm256_load_ps(scales);
-  *inv = _mm256_load_ps(invs);
-}
-
 // n^-3/4 and 1/n: a = n^-1/2, b = a^-1/2 = n^1/4, n^-3/4 = a * a * b and 1/n = a * a,
 // without sqrt, pow or division, which would bound the kernel by their throughput.
+// n is at least bias, a normal float32 (the kernel refuses a subnormal one), so the
+// estimates hold up to an infinite n (a square past float32's range), where they
+// give NaN and the formula 0: those lanes are cleared.
 inline void Scales8(__m256 n, __m256* scale, __m256* inv) {
-  if (NormalLanes(n) != 0xFF) {
-    ExactScales8(n, scale, inv);
-    return;
-  }
   const __m256 a = RsqrtRefined(n);
-  *inv = _mm256_mul_ps(a, a);
-  *scale = _mm256_mul_ps(*inv, RsqrtRefined(a));
+  const __m256 a2 = _mm256_mul_ps(a, a);
+  const __m256 infinite = _mm256_cmp_ps(n, _mm256_set1_ps(INFINITY), _CMP_EQ_OQ);
+  *inv = _mm256_andnot_ps(infinite, a2);
+  *scale = _mm256_andnot_ps(infinite, _mm256_mul_ps(a2, RsqrtRefined(a)));
 }
 
 // g * (relu_output > 0), as TensorFlow's ReluGrad computes it (a product with 1 or 0,
@@ -558,8 +538,11 @@ class LrnKernelBase : public OpKernel {
                     "depth_radius must be a non-negative integer, got ",
                     depth_radius));
     params_.depth_radius = static_cast<int>(depth_radius);
-    OP_REQUIRES(ctx, std::isfinite(params_.bias) && params_.bias > 0,
-                errors::InvalidArgument("bias must be > 0, got ", params_.bias));
+    // A subnormal bias is refused too: the vector kernels' estimates of n^-beta
+    // hold from float32's smallest normal value on.
+    OP_REQUIRES(ctx, std::isfinite(params_.bias) && params_.bias >= FLT_MIN,
+                errors::InvalidArgument("bias must be > 0 and normal (at least ", FLT_MIN,
+                                        "), got ", params_.bias));
     OP_REQUIRES(ctx, std::isfinite(params_.alpha) && params_.alpha >= 0,
                 errors::InvalidArgument("alpha must be >= 0, got ",
                                         params_.alpha));
