@@ -12,9 +12,13 @@ error, with a one-line message; 75 (EX_TEMPFAIL) when SIGTERM or Ctrl-C stopped 
 after saving a checkpoint: the run is resumable by rerunning the same command.
 """
 
-import dataclasses
-import os
-import sys
+import time
+
+STARTED = time.perf_counter()  # the training command's wall time counts from here
+
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 # Reuse large CPU buffers instead of mapping fresh pages for every tensor
 # (see BENCHMARKS.md); must be set before TensorFlow starts.
@@ -64,7 +68,7 @@ def main(argv):
     from alexnet_tf import trainer
 
     try:
-        trainer.train_and_evaluate(config, workdir)
+        trainer.train_and_evaluate(config, workdir, started=STARTED)
     except trainer.Interrupted as e:
         print(f"{e}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

@@ -22,6 +22,7 @@ devices or machines (`distribute`); in float32, or in mixed bfloat16 or float16,
 the latter with dynamic loss scaling (`optim.DynamicLossScale`).
 """
 
+import collections
 import contextlib
 import dataclasses
 import math
@@ -111,6 +112,12 @@ def create_distribution(config):
         )
     except distribute.DistributionError as e:
         raise TrainingError(str(e)) from e
+
+
+# TensorBoard scalars of the run's own speed: each epoch's seconds per step (train/),
+# each evaluation's seconds (validation/).
+EPOCH_SECONDS_PER_STEP = "epoch_seconds_per_step"
+EVALUATION_SECONDS = "evaluation_seconds"
 
 
 # ----------------------------------------------------------------------------------
@@ -221,6 +228,19 @@ def train_dataset_fn(source, stats, config, epoch, steps_per_epoch, step_in_epoc
     return dataset_fn
 
 
+def input_options(distribution):
+    """How the strategy hands the input pipeline's batches to its devices.
+
+    Fetching to the device overlaps the host-to-GPU copy of the next batch with the
+    step. Where every device is a CPU there is no copy to hide, and the per-device
+    iterator that does the fetching runs tf.data's autotuning thread whatever the
+    pipeline's own options say: destroying it at the end of each epoch and evaluation
+    waited on that thread for up to 20 s (BENCHMARKS.md, "The training command").
+    """
+    on_gpu = any("GPU" in device.upper() for device in distribution.devices)
+    return tf.distribute.InputOptions(experimental_fetch_to_device=on_gpu)
+
+
 def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_counter):
     """A split's examples (or its first eval_steps batches of about eval_batch_size) as
     the strategy's per-replica values, each worker evaluating its share."""
@@ -236,7 +256,8 @@ def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_cou
         )
         return dataset.take(config.eval_steps * replicas) if config.eval_steps else dataset
 
-    return distribution.strategy.distribute_datasets_from_function(dataset_fn)
+    return distribution.strategy.distribute_datasets_from_function(
+        dataset_fn, options=input_options(distribution))
 
 
 # ----------------------------------------------------------------------------------
@@ -265,6 +286,42 @@ class _StopRequest:
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+class WallTime:
+    """The run's wall time by what it went to, for the breakdown printed at its end.
+
+    `part(name)` adds the seconds of a block to `name`; "steps" is what the training
+    loop took besides its evaluations and checkpoints, and "start-up" whatever the
+    other parts leave of the time since `started` (Python, TensorFlow, the data, the
+    network, the trace of the step).
+    """
+
+    PARTS = ("start-up", "statistics", "steps", "evaluations", "checkpoints",
+             "final evaluation", "export")
+
+    def __init__(self, started=None):
+        self.started = time.perf_counter() if started is None else started
+        self.seconds = collections.Counter()
+
+    @contextlib.contextmanager
+    def part(self, name):
+        begin = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - begin
+
+    def breakdown(self):
+        """{part: seconds} over PARTS, and the total."""
+        total = time.perf_counter() - self.started
+        parts = {name: self.seconds[name] for name in self.PARTS[1:]}
+        return {"start-up": max(total - sum(parts.values()), 0.0), **parts}, total
+
+    def line(self):
+        parts, total = self.breakdown()
+        return (f"Wall time {total:.0f} s: "
+                + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in parts.items()))
 
 
 @dataclasses.dataclass
@@ -296,6 +353,8 @@ class Run:
     train_writer: object = None
     validation_writer: object = None
     stop: _StopRequest = None
+    wall_time: WallTime = dataclasses.field(default_factory=WallTime)
+    traced: bool = False  # whether this process has run the step function once
 
     @property
     def chief(self):
@@ -437,13 +496,15 @@ def _restore(state, checkpoint_dir, chief):
     return latest
 
 
-def start_run(config, workdir, distribution, source, changed):
+def start_run(config, workdir, distribution, source, changed, wall_time=None):
     """The run's state: statistics, network, optimizer, schedule, restored checkpoint."""
     chief = distribution.is_chief
+    wall_time = wall_time or WallTime()
     if chief:
         model_dir.write_run_record(config, source.class_names, workdir)
     source = source.with_training_images_in_memory(config.cache_images_mb << 20)
-    stats = load_or_compute_stats(config, source, workdir, save=chief)
+    with wall_time.part("statistics"):
+        stats = load_or_compute_stats(config, source, workdir, save=chief)
     model, optimizer, loss_scale = _build_network(config, distribution, source)
     schedule = create_schedule(config)
     step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -464,7 +525,7 @@ def start_run(config, workdir, distribution, source, changed):
     per_epoch = steps_per_epoch(config, source)
     run = Run(config, workdir, distribution, source, stats, model, optimizer, loss_scale,
               schedule, checkpoint, manager, step_variable, int(step_variable), per_epoch,
-              config.train_steps or config.epochs * per_epoch)
+              config.train_steps or config.epochs * per_epoch, wall_time=wall_time)
     if latest:
         print(f"Resumed from {latest}: epoch {run.epoch + 1}, step {run.step}.")
         _apply_changes(run, changed)
@@ -488,6 +549,11 @@ def _apply_changes(run, changed):
 
 
 def save_checkpoint(run):
+    with run.wall_time.part("checkpoints"):
+        return _save_checkpoint(run)
+
+
+def _save_checkpoint(run):
     """Writes a checkpoint of the run at its current step (the chief's; another worker's
     goes to its own directory and is deleted, as TensorFlow's multi-worker protocol has
     every worker save). A failure (a full disk) is an error that leaves the previous
@@ -590,8 +656,11 @@ def train_epoch(run):
     step_in_epoch = run.step - epoch * run.steps_per_epoch
     last = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
     strategy = run.distribution.strategy
-    dataset = strategy.distribute_datasets_from_function(train_dataset_fn(
-        run.source, run.stats, config, epoch, last, step_in_epoch))
+    dataset = strategy.distribute_datasets_from_function(
+        train_dataset_fn(run.source, run.stats, config, epoch, last, step_in_epoch),
+        options=input_options(run.distribution))
+    began, others = time.perf_counter(), _evaluation_and_checkpoint_seconds(run)
+    untimed = 0
     progress = tqdm(total=last, initial=step_in_epoch, unit="step",
                     desc=f"epoch {epoch + 1}/{math.ceil(run.total_steps / run.steps_per_epoch)}",
                     dynamic_ncols=True, mininterval=1.0, disable=not run.chief)
@@ -610,6 +679,9 @@ def train_epoch(run):
         loss_value = float(loss)  # waits for the step: the one host-device sync per step
         _check_finite(run, loss_value, applied)
         run.step += 1
+        if not run.traced:  # the first step traces the step function: start-up's time
+            run.traced, untimed = True, 1
+            began, others = time.perf_counter(), _evaluation_and_checkpoint_seconds(run)
         throughput.images += config.batch_size
         progress.update(1)
         if run.step % config.log_every_steps == 0 or run.step == run.total_steps:
@@ -622,6 +694,27 @@ def train_epoch(run):
         elif run.step % config.checkpoint_every_steps == 0:
             save_checkpoint(run)
     progress.close()
+    _log_epoch_time(run, epoch + 1,
+                    run.step - epoch * run.steps_per_epoch - step_in_epoch - untimed,
+                    time.perf_counter() - began, _evaluation_and_checkpoint_seconds(run) - others)
+
+
+def _evaluation_and_checkpoint_seconds(run):
+    return run.wall_time.seconds["evaluations"] + run.wall_time.seconds["checkpoints"]
+
+
+def _log_epoch_time(run, epoch_number, steps, seconds, besides):
+    """The epoch's steps' seconds (its evaluations and checkpoints apart) in the log and
+    in TensorBoard, where a stall shows as an epoch slower per step than the others."""
+    if steps <= 0:
+        return
+    training = seconds - besides
+    run.wall_time.seconds["steps"] += training
+    print(f"epoch {epoch_number}: {steps} steps in "
+          f"{training:.1f} s ({1000 * training / steps:.1f} ms a step); evaluations and "
+          f"checkpoints {besides:.1f} s")
+    with run.train_writer.as_default(step=run.step):
+        tf.summary.scalar(EPOCH_SECONDS_PER_STEP, training / steps)
 
 
 # ----------------------------------------------------------------------------------
@@ -652,11 +745,13 @@ def evaluate_split(run, split, ten_crop):
     return metrics
 
 
-def _log_evaluation(run, metrics):
+def _log_evaluation(run, metrics, seconds=None):
     with run.validation_writer.as_default(step=run.step):
         for name, value in metrics.items():
             if name != "examples":
                 tf.summary.scalar(name, value)
+        if seconds is not None:
+            tf.summary.scalar(EVALUATION_SECONDS, seconds)
     if run.chief:
         with run.train_writer.as_default(step=run.step):
             grid = figures.filter_figure(model_lib.conv1_kernels(run.model), zoom=2)
@@ -668,10 +763,13 @@ def _log_evaluation(run, metrics):
 def evaluate_and_schedule(run):
     """An evaluation point: the validation error (the only data the schedule sees), the
     schedule's decision, the logs, metrics.json and a checkpoint."""
-    metrics = evaluate_split(run, data.VALIDATION, run.config.ten_crop_each_evaluation)
-    _log_evaluation(run, metrics)
+    with run.wall_time.part("evaluations"):
+        began = time.perf_counter()
+        metrics = evaluate_split(run, data.VALIDATION, run.config.ten_crop_each_evaluation)
+        seconds = time.perf_counter() - began
+        _log_evaluation(run, metrics, seconds)
     reduced = run.schedule.record(metrics["top1_error"])
-    print(_evaluation_line(run, metrics, reduced))
+    print(_evaluation_line(run, metrics, reduced) + f" ({seconds:.1f} s)")
     save_checkpoint(run)
     if run.chief:
         model_dir.write_metrics(run.workdir, {"epoch": run.epoch, "step": run.step,
@@ -682,6 +780,11 @@ def evaluate_and_schedule(run):
 def final_report(run):
     """The finished run's errors on the validation split and, where the data has one, the
     test split: centre crop, and ten crops unless --eval_ten_crop=false."""
+    with run.wall_time.part("final evaluation"):
+        return _final_report(run)
+
+
+def _final_report(run):
     report = {"validation": evaluate_split(run, data.VALIDATION, run.config.eval_ten_crop)}
     _log_evaluation(run, report["validation"])
     if run.source.num_test_examples:
@@ -695,6 +798,11 @@ def final_report(run):
 def export_model(run):
     if not (run.config.export and run.chief):
         return
+    with run.wall_time.part("export"):
+        _export_model(run)
+
+
+def _export_model(run):
     path = export.export_saved_model(
         model_config=run.config, num_classes=run.source.num_classes,
         weights=run.model.get_weights(), stats=run.stats, class_names=run.source.class_names,
@@ -732,10 +840,12 @@ def _open_writers(run):
         run.train_writer = run.validation_writer = tf.summary.create_noop_writer()
 
 
-def train_and_evaluate(config, workdir):
+def train_and_evaluate(config, workdir, started=None):
     """Trains to the budget, evaluating and letting the schedule decide at each evaluation
     point, checkpoints, reports the final errors and exports a SavedModel. Returns the
     final report: {"validation": {...}, "test": {...}} (test where the data has one).
+    The wall time's breakdown, counted from `started` (a `time.perf_counter()` value;
+    default now), is printed at the end.
 
     Raises:
       TrainingError: for anything that stops the run, with what to do; Interrupted
@@ -744,6 +854,7 @@ def train_and_evaluate(config, workdir):
     Under multi_worker every worker runs this with the same config and a workdir they
     all see; the chief writes the checkpoints, logs, statistics and export.
     """
+    wall_time = WallTime(started)
     errors = config_lib.validate(config, os.environ.get(distribute.TF_CONFIG))
     if errors:
         raise TrainingError(" ".join(errors))
@@ -756,7 +867,7 @@ def train_and_evaluate(config, workdir):
     model_dir.check_writable(workdir)
     lock = model_dir.Lock(workdir) if distribution.is_chief else contextlib.nullcontext()
     with lock, _StopRequest() as stop:
-        run = start_run(config, workdir, distribution, source, changed)
+        run = start_run(config, workdir, distribution, source, changed, wall_time)
         run.stop = stop
         run.train_step = make_train_step(run.model, run.optimizer, distribution.strategy,
                                          config.batch_size, run.loss_scale)
@@ -769,6 +880,8 @@ def train_and_evaluate(config, workdir):
             report = final_report(run)
         print(_report_line(report, source.corrupt_count()))
         export_model(run)
+        if run.chief:
+            print(wall_time.line())
     return report
 
 

@@ -114,6 +114,45 @@ def test_smoke_config_trains_evaluates_checkpoints_and_exports(smoke_run):
     assert any(tag.startswith("conv1/") for tag in train_tags)  # weight histograms
     assert {"top1_error", "top5_error", "ten_crop_top1_error"} <= scalar_tags(
         os.path.join(workdir, "validation"))
+    assert trainer.EPOCH_SECONDS_PER_STEP in train_tags
+    assert trainer.EVALUATION_SECONDS in scalar_tags(os.path.join(workdir, "validation"))
+
+
+def test_every_epoch_s_seconds_per_step_is_logged_for_the_stall_check(smoke_run):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import check_stalls
+
+    readings = check_stalls.epoch_seconds_per_step(smoke_run["workdir"])
+    # One reading per epoch at its last step; the first epoch without the first step.
+    assert [step for step, _ in readings] == [6, 12, 18, 24]
+    assert all(0 < seconds < 60 for _, seconds in readings)
+
+
+@pytest.mark.parametrize("seconds,ok", [
+    ([1.0, 1.1, 0.9, 1.0], True),
+    ([1.0, 1.0, 1.36, 1.0, 1.0], False),  # 1.36x the median
+    ([1.0, 1.34, 1.0], True),
+    ([1.0, 2.0], False),  # too few epochs to judge
+])
+def test_the_stall_check_flags_an_epoch_over_the_limit(seconds, ok):
+    sys.path.insert(0, os.path.join(REPO, "tools"))
+    import check_stalls
+
+    lines, passed = check_stalls.check(list(enumerate(seconds)), limit=1.35)
+    assert passed == ok
+    assert sum("STALL" in line for line in lines) == (0 if ok or len(seconds) < 3 else 1)
+
+
+def test_the_wall_time_breakdown_adds_up_to_the_total():
+    wall_time = trainer.WallTime(started=time.perf_counter() - 10.0)
+    wall_time.seconds["steps"] = 6.0
+    wall_time.seconds["evaluations"] = 1.5
+    parts, total = wall_time.breakdown()
+    assert list(parts) == list(trainer.WallTime.PARTS)
+    assert 10.0 <= total < 11.0
+    assert parts["start-up"] == pytest.approx(total - 7.5)
+    assert sum(parts.values()) == pytest.approx(total)
+    assert wall_time.line().startswith(f"Wall time {total:.0f} s: start-up ")
 
 
 def test_the_smoke_figure_stated_in_the_readme_and_flagfile_is_the_one_reached(smoke_run):
