@@ -15,8 +15,7 @@ import sys
 
 from absl import flags as absl_flags
 
-from alexnet_tf import distribute, ops, optim, preprocessing
-from alexnet_tf import model as model_lib
+from alexnet_tf import settings
 
 # What may differ between a run and the run it resumes (`check_resumable`):
 # CHANGEABLE settings take effect from the resumed step on and are recorded; the
@@ -52,7 +51,7 @@ class TrainConfig:
         "imagenet2012", "imagenet2012: TFDS's builder over the ILSVRC-2012 tars in "
         "--manual_dir; image_folder: --data_dir holds train/ and optionally val/ and test/, "
         "one folder per class; synthetic: a tiny generated image folder written to --data_dir.",
-        choices=("imagenet2012", "image_folder", "synthetic"), architecture=True)
+        choices=settings.DATASETS, architecture=True)
     data_dir: str = setting("", "TFDS data directory, or the image folder root.",
                             on_resume=CHANGEABLE)
     manual_dir: str = setting("", "imagenet2012: where ILSVRC2012_img_train.tar and "
@@ -62,12 +61,12 @@ class TrainConfig:
         minimum=0.0, below=1.0)
     # Model.
     model_size: str = setting("paper", "paper: Figure 2 on 224x224 crops; small: the same "
-                              "topology for ~32x32 images.", choices=tuple(model_lib.SIZES),
+                              "topology for ~32x32 images.", choices=settings.MODEL_SIZES,
                               architecture=True)
-    towers: int = setting(model_lib.PAPER_TOWERS, "2: the paper's two towers; 1: the one-tower "
+    towers: int = setting(settings.PAPER_TOWERS, "2: the paper's two towers; 1: the one-tower "
                           "comparison net with half the kernels (Section 3.2).", minimum=1,
                           architecture=True)
-    activation: str = setting("relu", "Section 3.1.", choices=model_lib.ACTIVATIONS,
+    activation: str = setting("relu", "Section 3.1.", choices=settings.ACTIVATIONS,
                               architecture=True)
     lrn: bool = setting(True, "Local response normalization after conv1 and conv2 (3.3).",
                         architecture=True)
@@ -75,35 +74,36 @@ class TrainConfig:
                                         architecture=True)
     conv6: bool = setting(False, "The extra sixth conv layer of the ILSVRC-2012 variant.",
                           architecture=True)
-    dropout_rate: float = setting(model_lib.PAPER_DROPOUT_RATE, "Dropout of fc6 and fc7.",
+    dropout_rate: float = setting(settings.PAPER_DROPOUT_RATE, "Dropout of fc6 and fc7.",
                                   minimum=0.0, below=1.0)
     weight_init: str = setting(
         "", "paper: N(0, 0.01) weights (Section 5); scaled: the paper's gain per layer at "
         "other widths; lecun: N(0, 1/fan-in). Empty: lecun for tanh, else the size's "
         "(paper for the paper's net, scaled for the small one).",
-        choices=("",) + model_lib.WEIGHT_INITS, architecture=True)
+        choices=("",) + settings.WEIGHT_INITS, architecture=True)
     conv1_padding: str = setting(
         "", "overhang: the authors' code (224 -> 55, the last windows hang over the edge); "
         "valid: Caffe's (227 -> 55); same. Empty: the size's.",
-        choices=("",) + model_lib.CONV1_PADDINGS, architecture=True)
-    lrn_depth_radius: int = setting(ops.PAPER_LRN_DEPTH_RADIUS, "LRN window radius: n = 2r + 1 "
-                                    "maps (Section 3.3: n = 5).", minimum=0, architecture=True)
-    lrn_bias: float = setting(ops.PAPER_LRN_BIAS, "LRN k (Section 3.3: 2).", architecture=True)
-    lrn_alpha: float = setting(ops.PAPER_LRN_ALPHA, "LRN alpha (Section 3.3: 1e-4).",
+        choices=("",) + settings.CONV1_PADDINGS, architecture=True)
+    lrn_depth_radius: int = setting(
+        settings.PAPER_LRN_DEPTH_RADIUS, "LRN window radius: n = 2r + 1 maps (Section 3.3: "
+        "n = 5).", minimum=0, architecture=True)
+    lrn_bias: float = setting(settings.PAPER_LRN_BIAS, "LRN k (Section 3.3: 2).", architecture=True)
+    lrn_alpha: float = setting(settings.PAPER_LRN_ALPHA, "LRN alpha (Section 3.3: 1e-4).",
                                minimum=0.0, architecture=True)
-    lrn_beta: float = setting(ops.PAPER_LRN_BETA, "LRN beta (Section 3.3: 0.75).", minimum=0.0,
+    lrn_beta: float = setting(settings.PAPER_LRN_BETA, "LRN beta (Section 3.3: 0.75).", minimum=0.0,
                               architecture=True)
     lrn_alpha_convention: str = setting(
-        ops.LRN_PAPER_TEXT, "paper_text: alpha multiplies the window's sum of squares, as the "
+        settings.LRN_PAPER_TEXT, "paper_text: alpha multiplies the window's sum of squares, as the "
         "paper writes; authors_code: alpha / n does, as cuda-convnet, Caffe and PyTorch "
-        "compute it.", choices=ops.LRN_ALPHA_CONVENTIONS, architecture=True)
+        "compute it.", choices=settings.LRN_ALPHA_CONVENTIONS, architecture=True)
     lrn_across_towers: bool = setting(
         False, "LRN windows cross the towers' boundary (Caffe's bvlc_alexnet); by default "
         "each tower normalizes its own maps, as the authors' two GPUs did.", architecture=True)
     pooling_rule: str = setting(
         "floor", "How many outputs a pooling layer has: floor, (size - 3) // 2 + 1; ceil, "
         "cuda-convnet's and Caffe's, whose last window may hang over the edge.",
-        choices=model_lib.POOLING_RULES, architecture=True)
+        choices=settings.POOLING_RULES, architecture=True)
     # Starting from another model's weights (fine-tuning).
     init_from: str = setting(
         "", "A model directory (trained here, or written by alexnet_tf.import_caffe) whose "
@@ -117,11 +117,11 @@ class TrainConfig:
         "RGB principal components) rather than computing this dataset's.")
     # Placement and precision: the same weights train the same way on any of them.
     strategy: str = setting(
-        distribute.AUTO, "towers: the paper's two towers of one network on two devices (model "
+        settings.AUTO, "towers: the paper's two towers of one network on two devices (model "
         "parallel); one_device; mirrored: data parallel over the local GPUs or --devices; "
         "multi_worker: data parallel across machines, configured by the TF_CONFIG environment "
         "variable. auto: multi_worker if TF_CONFIG is set, else towers with two GPUs (or "
-        "--tower_devices), else one_device.", choices=distribute.STRATEGIES,
+        "--tower_devices), else one_device.", choices=settings.STRATEGIES,
         on_resume=CHANGEABLE)
     devices: tuple = setting((), "one_device: the device (default the first GPU, else the CPU); "
                              "mirrored: the devices to replicate over (default every local GPU).",
@@ -138,23 +138,23 @@ class TrainConfig:
         "float16 uses dynamic loss scaling.", choices=("none", "bfloat16", "float16"),
         on_resume=CHANGEABLE)
     loss_scale_initial: float = setting(
-        optim.LOSS_SCALE_INITIAL, "float16: the first loss scale; halved at each step whose "
+        settings.LOSS_SCALE_INITIAL, "float16: the first loss scale; halved at each step whose "
         "gradients overflow (the step is skipped).", minimum=1.0, on_resume=CHANGEABLE)
     loss_scale_growth_steps: int = setting(
-        optim.LOSS_SCALE_GROWTH_STEPS, "float16: the loss scale doubles after this many finite "
+        settings.LOSS_SCALE_GROWTH_STEPS, "float16: the loss scale doubles after this many finite "
         "steps in a row.", minimum=1, on_resume=CHANGEABLE)
     # Data and augmentation.
-    image_size: int = setting(preprocessing.PAPER_IMAGE_SIZE, "Shorter side rescaled to "
+    image_size: int = setting(settings.PAPER_IMAGE_SIZE, "Shorter side rescaled to "
                               "this, centre square kept.", minimum=1, architecture=True)
-    crop_size: int = setting(preprocessing.PAPER_CROP_SIZE, "Training and evaluation crop "
+    crop_size: int = setting(settings.PAPER_CROP_SIZE, "Training and evaluation crop "
                              "side.", minimum=1, architecture=True)
     lighting: str = setting(
-        preprocessing.LIGHTING_SQRT_EIGENVALUE, "PCA lighting noise (Section 4.1). "
+        settings.LIGHTING_SQRT_EIGENVALUE, "PCA lighting noise (Section 4.1). "
         "sqrt_eigenvalue: a_i * sqrt(lambda_i) of 0..255 pixels, as the authors' "
         "cuda-convnet2; eigenvalue: a_i * lambda_i of [0,1] pixels, as many "
         "reimplementations (about 2x less on PC1); none.",
-        choices=preprocessing.LIGHTING_SCALES)
-    lighting_stddev: float = setting(preprocessing.PAPER_LIGHTING_STDDEV, "Standard "
+        choices=settings.LIGHTING_SCALES)
+    lighting_stddev: float = setting(settings.PAPER_LIGHTING_STDDEV, "Standard "
                                      "deviation of the lighting coefficients a_i.", minimum=0.0)
     stats_file: str = setting("", "Dataset statistics to use; default: computed once into "
                               "MODEL_DIR.")
@@ -174,25 +174,27 @@ class TrainConfig:
                                on_resume=CHANGEABLE)
     steps_per_epoch: int = setting(0, "0: the whole training split each epoch.", minimum=0)
     learning_rate: float = setting(
-        optim.PAPER_LEARNING_RATE, "Initial learning rate. Changed on resume, it replaces "
+        settings.PAPER_LEARNING_RATE, "Initial learning rate. Changed on resume, it replaces "
         "the initial rate: the run continues at the new rate times the reductions made so "
         "far.", minimum=0.0, on_resume=CHANGEABLE)
-    momentum: float = setting(optim.PAPER_MOMENTUM, "Section 5.", minimum=0.0)
-    weight_decay: float = setting(optim.PAPER_WEIGHT_DECAY, "Section 5.", minimum=0.0)
+    momentum: float = setting(settings.PAPER_MOMENTUM, "Section 5.", minimum=0.0)
+    weight_decay: float = setting(settings.PAPER_WEIGHT_DECAY, "Section 5.", minimum=0.0)
     decay_biases: bool = setting(False, "Apply weight decay to biases too (the authors' code "
                                  "decays weights only).")
     schedule: str = setting("plateau", "plateau: divide by 10 when the validation error "
                             "stops improving; step: divide by 10 at --step_boundaries.",
                             choices=("plateau", "step"))
-    plateau_patience: int = setting(3, "Evaluations without improvement before dividing (an "
-                                    "evaluation each epoch, or each --eval_every_steps).",
-                                    minimum=1, on_resume=CHANGEABLE)
-    plateau_min_delta: float = setting(0.001, "Smallest drop of top-1 error that counts as "
-                                       "an improvement.", minimum=0.0, on_resume=CHANGEABLE)
-    lr_reductions: int = setting(optim.PAPER_LR_REDUCTIONS, "Most divisions by 10.", minimum=0,
+    plateau_patience: int = setting(
+        settings.PLATEAU_PATIENCE, "Evaluations without improvement before dividing (an "
+        "evaluation each epoch, or each --eval_every_steps).", minimum=1, on_resume=CHANGEABLE)
+    plateau_min_delta: float = setting(
+        settings.PLATEAU_MIN_DELTA, "Smallest drop of top-1 error that counts as an "
+        "improvement.", minimum=0.0, on_resume=CHANGEABLE)
+    lr_reductions: int = setting(settings.PAPER_LR_REDUCTIONS, "Most divisions by 10.", minimum=0,
                                  on_resume=CHANGEABLE)
-    step_boundaries: tuple = setting((30, 60, 80), "Epochs where --schedule=step divides the "
-                                     "rate by 10.", item_type=int)
+    step_boundaries: tuple = setting(
+        settings.STEP_BOUNDARIES, "Epochs where --schedule=step divides the rate by 10.",
+        item_type=int)
     # Evaluation, checkpoints, logging, export.
     eval_every_steps: int = setting(0, "Evaluate on the validation split every N steps (0: "
                                     "at the end of each epoch).", minimum=0,
@@ -225,8 +227,7 @@ class TrainConfig:
         """The config config.json holds; fields it lacks take their defaults."""
         values = json.loads(text)
         if "dtype_policy" in values and "mixed_precision" not in values:  # written before it
-            named = {"float32": "none", "mixed_bfloat16": "bfloat16",
-                     "mixed_float16": "float16"}
+            named = {policy: name for name, policy in settings.MIXED_PRECISION_POLICIES.items()}
             values["mixed_precision"] = named.get(values["dtype_policy"], "none")
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{name: tuple(value) if isinstance(value, list) else value
@@ -391,12 +392,15 @@ def validate(config, tf_config=None):
     tf_config: the TF_CONFIG environment variable's text, or None when it is unset.
     """
     errors = _bound_errors(config)
+    from alexnet_tf import distribute  # TensorFlow: only where a config is checked
+
     errors += distribute.check_arguments(config.strategy, config.devices, config.tower_devices,
                                          config.towers, tf_config)
     if config.towers not in (1, 2):
         errors.append(f"--towers={config.towers} must be 1 or 2.")
     if not config.data_dir:
-        what = "the TFDS data directory" if config.dataset == "imagenet2012" else "the images"
+        what = ("the TFDS data directory" if config.dataset == settings.IMAGENET2012
+                else "the images")
         errors.append(f"--dataset={config.dataset} needs --data_dir ({what}).")
     if config.lrn_bias <= 0:
         errors.append(f"--lrn_bias={config.lrn_bias} must be above 0.")

@@ -27,11 +27,7 @@ from tqdm import tqdm
 
 from alexnet_tf import corrupt_images, files, input_pipeline, preprocessing
 
-IMAGENET2012 = "imagenet2012"
-IMAGE_FOLDER = "image_folder"
-# A tiny generated image folder, written where the data is expected if it is not there.
-SYNTHETIC = "synthetic"
-DATASETS = (IMAGENET2012, IMAGE_FOLDER, SYNTHETIC)
+from alexnet_tf.settings import DATASETS, IMAGE_FOLDER, IMAGENET2012, SYNTHETIC  # noqa: F401
 
 IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
 IMAGENET_VALIDATION_TAR = "ILSVRC2012_img_val.tar"

@@ -31,12 +31,10 @@ import tensorflow as tf
 
 from alexnet_tf import model as model_lib, ops
 
-AUTO = "auto"
-ONE_DEVICE = "one_device"
-TOWERS = "towers"
-MIRRORED = "mirrored"
-MULTI_WORKER = "multi_worker"
-STRATEGIES = (AUTO, ONE_DEVICE, TOWERS, MIRRORED, MULTI_WORKER)
+from alexnet_tf.settings import (  # noqa: F401
+    AUTO, ONE_DEVICE, TOWERS, MIRRORED, MULTI_WORKER, STRATEGIES,
+)
+
 DATA_PARALLEL = (ONE_DEVICE, MIRRORED, MULTI_WORKER)
 
 TF_CONFIG = "TF_CONFIG"

@@ -30,17 +30,11 @@ import tensorflow as tf
 
 from alexnet_tf import layers as alexnet_layers
 from alexnet_tf import ops
-
-# Section 3.2: half of the kernels (or neurons) on each of two GPUs.
-PAPER_TOWERS = 2
-
-# Section 3.4: overlapping pooling, z = 3 and s = 2; the ablation is z = s = 2.
-PAPER_POOL_SIZE = 3
-PAPER_POOL_STRIDE = 2
-NON_OVERLAPPING_POOL_SIZE = 2
-
-# Section 4.2: dropout with probability 0.5 in the first two fully connected layers.
-PAPER_DROPOUT_RATE = 0.5
+from alexnet_tf.settings import (  # noqa: F401
+    PAPER_TOWERS, PAPER_POOL_SIZE, PAPER_POOL_STRIDE, NON_OVERLAPPING_POOL_SIZE,
+    PAPER_DROPOUT_RATE, MODEL_SIZES, ACTIVATIONS, WEIGHT_INITS, DTYPE_POLICIES,
+    CONV1_PADDINGS, POOLING_RULES,
+)
 
 # Section 5: weights from N(0, 0.01) in every layer; biases 1 in conv2, conv4, conv5
 # and the fully connected hidden layers ("this initialization accelerates the early
@@ -49,8 +43,6 @@ PAPER_DROPOUT_RATE = 0.5
 # follows. The ones are for ReLU networks only (see TANH_INPUT_SCALE).
 PAPER_WEIGHT_STDDEV = 0.01
 PAPER_BIAS_ONE_LAYERS = ("conv2", "conv4", "conv5", "conv6", "fc6", "fc7")
-
-ACTIVATIONS = ("relu", "tanh")
 
 # A tanh network is initialized for tanh, not with the ReLU net's choices: the biases
 # of 1 would hold every such unit near tanh(1), slope 0.42, and with N(0, 0.01)
@@ -76,30 +68,6 @@ PAPER_FAN_IN = {
     "fc7": 4096,
     "fc8": 4096,
 }
-
-# "paper": every weight from N(0, 0.01) (Section 5). "scaled": each layer's standard
-# deviation is 0.01 * sqrt(paper fan-in / fan-in), so that it scales its input by the
-# same factor as the paper's layer does; for the paper's net the two are the same.
-# A narrower net needs it: with N(0, 0.01) the small variant's layers shrink the
-# signal 2-4 times more each than the paper's do, its logits hardly depend on the
-# image, and on Fashion-MNIST (0-255 pixels less the mean, the paper's SGD at 0.01)
-# it stays at chance for 150 steps, where "scaled" reaches 74% test accuracy.
-# "lecun": N(0, 1 / fan-in), the tanh network's default (see TANH_INPUT_SCALE).
-WEIGHT_INITS = ("paper", "scaled", "lecun")
-DTYPE_POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
-
-# How conv1 treats the border of the crop. A 224 crop gives the paper's 55x55 only
-# if the last 11x11 window hangs over the bottom and right edge: cuda-convnet2 does
-# this (zeros beyond the edge, 3 pixels here), so it is the default. Caffe instead
-# takes a 227 crop with no padding ("valid"). The small variant keeps its input size.
-CONV1_PADDINGS = ("overhang", "valid", "same")
-
-# How many outputs a pooling layer has along a side of `size`: "floor", (size - z) //
-# s + 1, as Keras' "valid" pooling; "ceil", ceil((size - z) / s) + 1, as cuda-convnet
-# and Caffe, whose last window may hang over the edge (it sees only what is inside).
-# The two agree on every side of the paper's net (55 -> 27 -> 13 -> 6).
-POOLING_RULES = ("floor", "ceil")
-
 
 @dataclasses.dataclass(frozen=True)
 class LRNSettings:

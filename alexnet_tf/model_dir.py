@@ -29,7 +29,7 @@ import sys
 import tensorflow as tf
 
 from alexnet_tf import config as config_lib
-from alexnet_tf import dataset_stats, files
+from alexnet_tf import dataset_stats, files, settings
 from alexnet_tf import model as model_lib
 
 CONFIG_FILE = "config.json"
@@ -49,11 +49,6 @@ VALIDATION_LOGS = "validation"
 CHECKPOINT_NAME = "ckpt"
 _CHECKPOINT_INDEX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
 
-# What --mixed_precision means to the model builder: variables stay float32 in every
-# policy, the layers compute in the named type.
-MIXED_PRECISION_POLICIES = {
-    "none": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16",
-}
 
 # What reading a damaged checkpoint raises: a checksum mismatch or a bad sstable is an
 # OpError, a truncated data file an IndexError from the bundle reader.
@@ -80,7 +75,7 @@ def create_model(config, num_classes, **overrides):
         overlapping_pooling=config.overlapping_pooling,
         conv6=config.conv6,
         dropout_rate=config.dropout_rate,
-        dtype_policy=MIXED_PRECISION_POLICIES[config.mixed_precision],
+        dtype_policy=settings.MIXED_PRECISION_POLICIES[config.mixed_precision],
         conv1_padding=config.conv1_padding or None,
         weight_init=config.weight_init or None,
         lrn_settings=model_lib.LRNSettings(

@@ -29,21 +29,10 @@ import re
 
 import tensorflow as tf
 
-# Section 3.3: "k = 2, n = 5, alpha = 10^-4, and beta = 0.75".
-PAPER_LRN_DEPTH_RADIUS = 2  # n = 5 channels: i - 2 .. i + 2
-PAPER_LRN_BIAS = 2.0
-PAPER_LRN_ALPHA = 1e-4
-PAPER_LRN_BETA = 0.75
-
-# How alpha weighs the window's sum of squares. The paper's text writes
-# k + alpha * sum(a^2) (as does tf.nn.local_response_normalization): "paper_text",
-# the default. The authors' code, cuda-convnet, divides the configured scale by the
-# window size for cross-map normalization (its layer parser: `scale /= size`), and so
-# do Caffe and PyTorch: k + (alpha / n) * sum(a^2), "authors_code". The network the
-# paper reports was trained with the latter, an effective 2e-5 per term.
-LRN_PAPER_TEXT = "paper_text"
-LRN_AUTHORS_CODE = "authors_code"
-LRN_ALPHA_CONVENTIONS = (LRN_PAPER_TEXT, LRN_AUTHORS_CODE)
+from alexnet_tf.settings import (  # noqa: F401
+    PAPER_LRN_DEPTH_RADIUS, PAPER_LRN_BIAS, PAPER_LRN_ALPHA, PAPER_LRN_BETA,
+    LRN_PAPER_TEXT, LRN_AUTHORS_CODE, LRN_ALPHA_CONVENTIONS,
+)
 
 SUPPORTED_DTYPES = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 

@@ -13,22 +13,14 @@ import math
 
 import tensorflow as tf
 
-# Section 5: "batch size of 128 examples, momentum of 0.9, and weight decay of 0.0005".
-PAPER_MOMENTUM = 0.9
-PAPER_WEIGHT_DECAY = 0.0005
-# "The learning rate was initialized at 0.01 ... divide the learning rate by 10 when
-# the validation error rate stopped improving ... reduced three times prior to termination."
-PAPER_LEARNING_RATE = 0.01
-PAPER_LR_FACTOR = 0.1
-PAPER_LR_REDUCTIONS = 3
+from alexnet_tf.settings import (  # noqa: F401
+    PLATEAU_PATIENCE, PLATEAU_MIN_DELTA, STEP_BOUNDARIES,
+    PAPER_MOMENTUM, PAPER_WEIGHT_DECAY, PAPER_LEARNING_RATE, PAPER_LR_FACTOR,
+    PAPER_LR_REDUCTIONS, LOSS_SCALE_INITIAL, LOSS_SCALE_GROWTH_STEPS, LOSS_SCALE_FACTOR,
+    LOSS_SCALE_MIN,
+)
 
-# Dynamic loss scaling for float16 (`DynamicLossScale`), with the defaults of
-# keras.optimizers.LossScaleOptimizer: start at 2^15, divide by 2 on an overflow,
-# multiply by 2 after 2000 finite steps in a row.
-LOSS_SCALE_INITIAL = 2.0**15
-LOSS_SCALE_GROWTH_STEPS = 2000
-LOSS_SCALE_FACTOR = 2.0
-LOSS_SCALE_MIN = 1.0
+
 
 
 def _device_of(variable):
@@ -178,8 +170,9 @@ class PlateauSchedule(tf.Module):
     checkpoints carry it.
     """
 
-    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, patience=3, min_delta=0.001,
-                 factor=PAPER_LR_FACTOR, max_reductions=PAPER_LR_REDUCTIONS, name=None):
+    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, patience=PLATEAU_PATIENCE,
+                 min_delta=PLATEAU_MIN_DELTA, factor=PAPER_LR_FACTOR,
+                 max_reductions=PAPER_LR_REDUCTIONS, name=None):
         super().__init__(name=name)
         self.patience = int(patience)
         self.min_delta = float(min_delta)
@@ -225,7 +218,7 @@ class PlateauSchedule(tf.Module):
 class StepSchedule(tf.Module):
     """The alternative to the plateau rule: multiply by `factor` at fixed epochs."""
 
-    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, boundaries=(30, 60, 80),
+    def __init__(self, initial_learning_rate=PAPER_LEARNING_RATE, boundaries=STEP_BOUNDARIES,
                  factor=PAPER_LR_FACTOR, name=None):
         super().__init__(name=name)
         self.initial_learning_rate = float(initial_learning_rate)

@@ -28,33 +28,10 @@ import tensorflow as tf
 
 from alexnet_tf import ops
 
-# Section 2: "rescaled the image such that the shorter side was of length 256, and then
-# cropped out the central 256x256 patch".
-PAPER_IMAGE_SIZE = 256
-# Section 4.1: "extracting random 224x224 patches (and their horizontal reflections)".
-PAPER_CROP_SIZE = 224
-# Section 4.1: "a_i is a Gaussian random variable with mean zero and standard deviation 0.1".
-PAPER_LIGHTING_STDDEV = 0.1
-# Section 4.1 (test time): "five 224x224 patches (the four corner patches and the center
-# patch) as well as their horizontal reflections (hence ten patches in all)".
-PAPER_NUM_TEST_CROPS = 10
-
-# How a principal component's eigenvalue l_i scales the lighting noise a_i (Section 4.1
-# writes a_i * l_i and leaves the pixel scale unsaid). Eigenvalues are always those of
-# the covariance of 0..255 RGB values, as `dataset_stats` stores them.
-#
-# "sqrt_eigenvalue" (the default) follows the authors' code, cuda-convnet2: the noise
-# along component i is a_i * sqrt(l_i), i.e. a_i times the component's standard
-# deviation, in 0..255 pixel units (about 121.8, 37.1 and 19.7 on ImageNet). This is
-# what produced the paper's numbers.
-LIGHTING_SQRT_EIGENVALUE = "sqrt_eigenvalue"
-# "eigenvalue" reads the paper's text literally with pixels scaled to [0, 1], as many
-# re-implementations do (ImageNet eigenvalues about 0.2175, 0.0188, 0.0045): a_i * l_i
-# in [0, 1] units, which is a_i * l_i / 255 in 0..255 units; about half the noise on
-# the first component.
-LIGHTING_EIGENVALUE = "eigenvalue"
-LIGHTING_NONE = "none"
-LIGHTING_SCALES = (LIGHTING_SQRT_EIGENVALUE, LIGHTING_EIGENVALUE, LIGHTING_NONE)
+from alexnet_tf.settings import (  # noqa: F401
+    PAPER_IMAGE_SIZE, PAPER_CROP_SIZE, PAPER_LIGHTING_STDDEV, PAPER_NUM_TEST_CROPS,
+    LIGHTING_SQRT_EIGENVALUE, LIGHTING_EIGENVALUE, LIGHTING_NONE, LIGHTING_SCALES,
+)
 
 # libjpeg's fast integer IDCT: up to a tenth faster than the accurate one on 500x375
 # JPEGs of quality 90, with errors of a few grey levels, well below the lighting noise.

@@ -4,6 +4,8 @@ record written into a model directory, and the resume rule."""
 import dataclasses
 import glob
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -114,3 +116,53 @@ def test_the_network_flags_reach_the_builder():
     tanh = model_dir.create_model(dataclasses.replace(config, activation="tanh", weight_init=""),
                                   10, tower_devices=(None, None))
     assert tanh.get_layer("input_scale").scale == pytest.approx(1 / 64)
+
+
+def test_the_flag_schema_and_help_load_without_tensorflow():
+    # What `python -m alexnet_tf.train --help` imports: the package under "-m", the
+    # command's module, the schema; nothing of TensorFlow's or Keras'.
+    probe = ("import sys; sys.argv = ['-m']; import alexnet_tf.config, alexnet_tf.settings; "
+             "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
+             "print(heavy)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=120)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    help_run = subprocess.run([sys.executable, "-m", "alexnet_tf.train", "--helpfull"],
+                              capture_output=True, text=True, timeout=120)
+    assert "--plateau_patience" in help_run.stdout  # absl exits 1 after any help
+
+
+def test_every_default_the_schema_owns_is_the_library_s_default():
+    # Each default is written once, in settings.py: the schema's fields and the library's
+    # keyword arguments both read it there, so they cannot drift apart.
+    import inspect
+
+    from alexnet_tf import input_pipeline, model, ops, optim
+
+    fields = config_lib.FIELDS
+    owners = {
+        optim.PlateauSchedule.__init__: {"initial_learning_rate": "learning_rate",
+                                         "patience": "plateau_patience",
+                                         "min_delta": "plateau_min_delta",
+                                         "max_reductions": "lr_reductions"},
+        optim.StepSchedule.__init__: {"initial_learning_rate": "learning_rate",
+                                      "boundaries": "step_boundaries"},
+        optim.PaperMomentumSGD.__init__: {"momentum": "momentum",
+                                          "weight_decay": "weight_decay"},
+        optim.DynamicLossScale.__init__: {"initial_scale": "loss_scale_initial",
+                                          "growth_steps": "loss_scale_growth_steps"},
+        model.build_alexnet: {"towers": "towers", "dropout_rate": "dropout_rate",
+                              "activation": "activation", "pooling_rule": "pooling_rule"},
+        ops.local_response_normalization: {"depth_radius": "lrn_depth_radius",
+                                           "bias": "lrn_bias", "alpha": "lrn_alpha",
+                                           "beta": "lrn_beta",
+                                           "alpha_convention": "lrn_alpha_convention"},
+        input_pipeline.make_train_dataset: {"lighting_stddev": "lighting_stddev",
+                                            "lighting": "lighting"},
+    }
+    for function, arguments in owners.items():
+        parameters = inspect.signature(function).parameters
+        for argument, field in arguments.items():
+            assert parameters[argument].default == fields[field].default, (
+                function.__qualname__, argument, field)
+    assert tuple(model.SIZES) == config_lib.FIELDS["model_size"].metadata["choices"]
