@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from alexnet_tf import config as config_lib
 from alexnet_tf import data, dataset_stats, distribute, export, figures, input_pipeline
-from alexnet_tf import model_dir, optim
+from alexnet_tf import model_dir, optim, settings
 from alexnet_tf import model as model_lib
 
 TrainConfig = config_lib.TrainConfig
@@ -355,6 +355,7 @@ class Run:
     stop: _StopRequest = None
     wall_time: WallTime = dataclasses.field(default_factory=WallTime)
     traced: bool = False  # whether this process has run the step function once
+    spent_iterators: list = dataclasses.field(default_factory=list)
 
     @property
     def chief(self):
@@ -376,7 +377,7 @@ def steps_per_epoch(config, source):
 def check_devices(config, distribution):
     """Refusals that need the devices: the batch split and the compute type."""
     compute_dtype = keras.dtype_policies.get(
-        model_dir.MIXED_PRECISION_POLICIES[config.mixed_precision]).compute_dtype
+        settings.MIXED_PRECISION_POLICIES[config.mixed_precision]).compute_dtype
     try:
         distribute.check_batch_split(config.batch_size, distribution.num_replicas)
         distribute.check_compute_dtype(compute_dtype, distribution.devices)
@@ -667,7 +668,14 @@ def train_epoch(run):
     throughput = _Throughput()
     if run.schedule.begin_epoch(epoch):
         print(f"epoch {epoch + 1}: learning rate {float(run.schedule.learning_rate):.2g}")
-    for images, labels in dataset:
+    # Exactly the epoch's batches, never asking for the end of the sequence, and the
+    # iterator kept until the run ends: ending and destroying a tf.data iterator waits
+    # on its worker threads, which stalled epoch ends by seconds (BENCHMARKS.md, "The
+    # training command").
+    iterator = iter(dataset)
+    run.spent_iterators.append(iterator)
+    for _ in range(last - step_in_epoch):
+        images, labels = next(iterator)
         if run.step == epoch * run.steps_per_epoch:
             with run.train_writer.as_default(step=run.step):
                 tf.summary.image("augmented_inputs",
@@ -691,8 +699,10 @@ def train_epoch(run):
         if run.step < run.total_steps and _is_evaluation_point(run):
             progress.clear()
             evaluate_and_schedule(run)
+            throughput.reset()  # images/s counts the steps' time only
         elif run.step % config.checkpoint_every_steps == 0:
             save_checkpoint(run)
+            throughput.reset()
     progress.close()
     _log_epoch_time(run, epoch + 1,
                     run.step - epoch * run.steps_per_epoch - step_in_epoch - untimed,
