@@ -1,21 +1,35 @@
-"""Figure 4, left: images with their five most probable classes and the probabilities.
+"""The five most probable classes of images: Figure 4 (left), or a table of any size.
 
     python -m alexnet_tf.predict --model_dir=MODEL_DIR --output=predictions.png IMAGE ...
         [--labels=CLASS,...]
+    python -m alexnet_tf.predict --model_dir=MODEL_DIR --output=predictions.csv \
+        FOLDER_OR_IMAGE ...
 
-MODEL_DIR is a training run's model directory or its SavedModel. One PNG: a row per
-image, the image beside bars of its top-5 probabilities; the true label's bar is drawn
-red when it is among them, and the true label is written under the image. The true
-label is the --labels entry for the image, else the image's folder name when that is
-a class name (as in an image-folder dataset). The top-5 are printed too.
+MODEL_DIR is a training run's model directory or its SavedModel.
+
+A .png output is Figure 4: a row per image, the image beside bars of its top-5
+probabilities; the true label's bar is drawn red when it is among them, and the true
+label is written under the image. The true label is the --labels entry for the image,
+else the image's folder name when that is a class name (as in an image-folder
+dataset). The top-5 are printed too.
+
+A .csv or .jsonl output is a table of every image named and every file under the
+folders named (recursively, in sorted order): one row per file with its path, its
+top-5 classes (the model's class names and their descriptions) and probabilities,
+streamed BATCH_SIZE images at a time under a progress bar. A file that does not
+decode as an image gets a row with its `error` and no classes; the command counts
+them at the end. The table is written beside its destination and renamed into place
+when complete.
 """
 
+import csv
+import json
 import os
 import sys
 
 import numpy as np
 
-from alexnet_tf import inference
+from alexnet_tf import files, inference
 
 TOP_K = 5  # Figure 4 shows the five most probable labels
 BATCH_SIZE = 64
@@ -107,11 +121,126 @@ def format_predictions(records):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------------
+# A table of predictions.
+
+TABLE_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+def table_format(output):
+    """"csv", "jsonl", or None for the figure (.png)."""
+    return TABLE_FORMATS.get(os.path.splitext(output)[1].lower())
+
+
+def image_paths(arguments):
+    """Every file named, and every file under each folder named, recursively, sorted."""
+    paths = []
+    for argument in arguments:
+        if os.path.isdir(argument):
+            for root, folders, names in os.walk(argument):
+                folders.sort()
+                paths.extend(os.path.join(root, name) for name in sorted(names))
+        elif os.path.isfile(argument):
+            paths.append(argument)
+        else:
+            raise inference.InferenceError(f"{argument} is neither an image file nor a folder.")
+    return paths
+
+
+def _table_columns():
+    columns = ["path"]
+    for rank in range(1, TOP_K + 1):
+        columns += [f"top{rank}_class", f"top{rank}_description", f"top{rank}_probability"]
+    return columns + ["error"]
+
+
+def _rows(model, paths, crop_mode=None):
+    """Yields a row per path: {"path", "top": [(class, description, probability)] * 5,
+    "error"}; a batch's images are read, checked and predicted together."""
+    for start in range(0, len(paths), BATCH_SIZE):
+        batch, encoded, errors = paths[start:start + BATCH_SIZE], [], {}
+        for path in batch:
+            try:
+                encoded.append(inference.read_image_file(path))
+            except (inference.InferenceError, OSError) as e:
+                errors[path] = " ".join(str(e).split())
+        readable = [path for path in batch if path not in errors]
+        probabilities = (model.predict(encoded, crop_mode)["probabilities"] if encoded
+                         else np.zeros((0, len(model.class_names))))
+        by_path = dict(zip(readable, probabilities))
+        for path in batch:
+            if path in errors:
+                yield {"path": path, "top": [], "error": errors[path]}
+                continue
+            p = by_path[path]
+            top = np.argsort(-p, kind="stable")[:TOP_K]
+            yield {"path": path, "error": None, "top": [
+                (model.class_names[c], model.class_descriptions[c], float(p[c])) for c in top]}
+
+
+def _write_row(out, fmt, row):
+    if fmt == "jsonl":
+        out.write(json.dumps({"path": row["path"], "top5": [
+            {"class": c, "description": d, "probability": p} for c, d, p in row["top"]],
+            "error": row["error"]}) + "\n")
+        return
+    cells = [row["path"]]
+    for rank in range(TOP_K):
+        cells += list(row["top"][rank]) if rank < len(row["top"]) else ["", "", ""]
+    csv.writer(out).writerow(cells + [row["error"] or ""])
+
+
+def write_table(model, paths, output, crop_mode=None):
+    """Writes the table of `paths` to output (CSV or JSON lines, by its extension);
+    returns (rows, rows with an error)."""
+    from tqdm import tqdm
+
+    fmt = table_format(output)
+    directory = os.path.dirname(output)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    staging = files.staging_path(output)
+    written = failed = 0
+    try:
+        with open(staging, "w", newline="", encoding="utf-8") as out, tqdm(
+                total=len(paths), unit="img", disable=None) as progress:
+            if fmt == "csv":
+                csv.writer(out).writerow(_table_columns())
+            for row in _rows(model, paths, crop_mode):
+                _write_row(out, fmt, row)
+                written, failed = written + 1, failed + (row["error"] is not None)
+                progress.update(1)
+        os.replace(staging, output)
+    finally:
+        if os.path.exists(staging):
+            os.remove(staging)
+    return written, failed
+
+
+def main_table(values):
+    paths = image_paths(values["images"])
+    if not paths:
+        raise inference.InferenceError(f"No files under {', '.join(values['images'])}.")
+    model = inference.load_model(values["model_dir"])
+    written, failed = write_table(model, paths, values["output"])
+    print(f"wrote {values['output']}: {written} rows, {written - failed} images predicted, "
+          f"{failed} files that do not decode as images (their rows say why)")
+    return written, failed
+
+
 def main(values):
-    """The command, given its flags' values by name (`images`: the image files)."""
+    """The command, given its flags' values by name (`images`: the image files, or for a
+    table the files and folders)."""
     try:
         if not values["images"]:
             raise inference.InferenceError("Name at least one image file after the flags.")
+        if table_format(values["output"]):
+            if values["labels"]:
+                raise inference.InferenceError("--labels is for the figure (a .png --output).")
+            return main_table(values)
+        if not values["output"].lower().endswith(".png"):
+            raise inference.InferenceError(
+                f"--output={values['output']}: a .png figure, or a .csv or .jsonl table.")
         for path in values["images"]:  # before the model loads, which takes a while
             inference.read_image_file(path)
         model = inference.load_model(values["model_dir"])
@@ -128,7 +257,9 @@ if __name__ == "__main__":
     from absl import flags
 
     holders = {
-        **inference.define_model_flags(flags, "The PNG to write.", output_required=True),
+        **inference.define_model_flags(
+            flags, "The figure (.png) or the table (.csv or .jsonl) to write.",
+            output_required=True),
         "labels": flags.DEFINE_list("labels", None, "The true class name of each image, in "
                                     "order (default: the image's folder name, if a class)."),
     }

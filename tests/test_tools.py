@@ -238,6 +238,50 @@ def red_rows(figure, rows):
     return [bool(band.sum() > 50) for band in np.array_split(red, rows)]
 
 
+def read_table(output):
+    """[(path, [(class, probability)], error)] of predict's CSV or JSON lines table."""
+    if str(output).endswith(".csv"):
+        import csv
+
+        return [(row["path"], [(row[f"top{k}_class"], float(row[f"top{k}_probability"]))
+                               for k in range(1, 6) if row[f"top{k}_class"]], row["error"])
+                for row in csv.DictReader(open(output, newline=""))]
+    return [(row["path"], [(t["class"], t["probability"]) for t in row["top5"]],
+             row["error"] or "") for row in map(json.loads, open(output))]
+
+
+@pytest.mark.parametrize("extension", [".csv", ".jsonl"])
+def test_predict_writes_a_table_for_a_folder_with_a_row_for_each_undecodable_file(
+        trained, tmp_path, capsys, extension):
+    # 96 images in three levels of folders (two batches of 64), a corrupt JPEG, a text file.
+    folder = tmp_path / "photos"
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    copies = {}
+    for index, path in enumerate(trained["train"]):
+        subfolder = ("nested/deeper", "nested", ".")[index % 3]
+        copies[str(folder / subfolder / f"{index:03d}.png")] = path
+        shutil.copy(path, folder / subfolder / f"{index:03d}.png")
+    bad = [str(folder / "nested" / "corrupt.jpg"), str(folder / "notes.txt")]
+    (folder / "nested" / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg at all")
+    (folder / "notes.txt").write_text("not an image")
+    output = tmp_path / f"out{extension}"
+    written, failed = predict.main(dict(model_dir=trained["workdir"], output=str(output),
+                                        labels=None, images=[str(folder)]))
+    assert (written, failed) == (len(copies) + 2, 2)
+    assert f"{len(copies)} images predicted, 2 files that do not decode" in capsys.readouterr().out
+    rows = read_table(output)
+    assert sorted(path for path, _, _ in rows) == sorted(list(copies) + bad)
+    assert sorted(path for path, _, error in rows if error) == sorted(bad)
+    assert all("cannot be decoded" in error and not top for _, top, error in rows if error)
+    predicted = [(path, top) for path, top, error in rows if not error]
+    probabilities, _ = reference(trained, [copies[path] for path, _ in predicted])
+    for (path, top), p in zip(predicted, probabilities):
+        order = np.argsort(-p)[:5]  # the data has 4 classes, so 4 columns are filled
+        assert [name for name, _ in top] == [CLASSES[c] for c in order], path
+        np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-4, atol=1e-6)
+    assert not list(tmp_path.glob("*.partial*"))
+
+
 def test_predict_top5_equals_argsort_and_marks_the_true_label(trained, tmp_path, capsys):
     paths = trained["val"][::8]  # one image per class
     output = tmp_path / "predictions.png"
