@@ -162,8 +162,11 @@ setup(
         # built against: keep these in step with TENSORFLOW_VERSION.
         "cpu": [f"tensorflow-cpu=={TENSORFLOW_VERSION}.*"],
         "gpu": [f"tensorflow[and-cuda]=={TENSORFLOW_VERSION}.*"],
-        # The tests write and read images with Pillow, independently of TensorFlow.
-        "test": ["pytest>=8", "Pillow>=10"],
+        # The tests write and read images with Pillow, independently of TensorFlow, and
+        # run the exported LiteRT model with LiteRT's own interpreter.
+        "test": ["pytest>=8", "Pillow>=10", "ai-edge-litert>=2.0"],
+        # Running an exported model.tflite.
+        "litert": ["ai-edge-litert>=2.0"],
     },
     zip_safe=False,
 )

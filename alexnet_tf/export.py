@@ -24,7 +24,13 @@ decompression bomb (a few KB of PNG that decode to gigabytes) costs a server
 milliseconds and no memory. An empty batch returns empty outputs.
 
     python -m alexnet_tf.export --model_dir=MODEL_DIR [--output=DIR] [--ten_crop] [--overwrite]
-        [--max_image_pixels=N]
+        [--max_image_pixels=N] [--tflite]
+
+With --tflite the export also holds `model.tflite`: the `serve_images` signature as a
+LiteRT (TensorFlow Lite) model, converted by TensorFlow's own converter, for phones
+and edge devices; it takes the same uint8 [N, H, W, 3] batch and returns the same
+outputs but the class names (`top5_class_names`: look them up in alexnet_tf.json's
+`class_names`), which LiteRT's string tensors would not carry across.
 
 The output must not exist (or be an empty directory), unless it is a SavedModel this
 command wrote before and --overwrite is given; a model directory is never accepted as
@@ -49,6 +55,9 @@ DEFAULT_MAX_IMAGE_PIXELS = 2**28
 # Beside saved_model.pb: what a reader needs to know without running the graph, and the
 # mark of a SavedModel this module wrote.
 INFO_FILE = "alexnet_tf.json"
+# Beside it with --tflite: serve_images as a LiteRT model.
+TFLITE_FILE = "model.tflite"
+TFLITE_SIGNATURE = "serve_images"
 
 
 class ExportError(model_dir.TrainingError):
@@ -202,9 +211,18 @@ def check_output(export_dir, overwrite):
                           "replace it.")
 
 
+def tflite_model(saved_model_dir):
+    """The bytes of a LiteRT model of a SavedModel's serve_images signature, without
+    its class-name output."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        saved_model_dir, signature_keys=[TFLITE_SIGNATURE])
+    return converter.convert()
+
+
 def export_saved_model(model_config, num_classes, weights, stats, class_names, export_dir,
                        ten_crop=False, keep_custom_op=False, replace=False,
-                       class_descriptions=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                       class_descriptions=None, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                       tflite=False):
     """Writes the SavedModel of a network with `weights` (from the same builder and
     config) to export_dir. Its `top5_class_names` are the class_descriptions where
     given (words for ImageNet's synset ids), else the class names; the names are kept
@@ -212,6 +230,9 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
     this module and `replace` is set (see `check_output`). Returns export_dir.
     """
     check_output(export_dir, replace)
+    if tflite and keep_custom_op:
+        raise ExportError("--tflite needs the standard-op LRN: LiteRT has no alexnet_tf op; "
+                          "leave out --keep_custom_op.")
     if max_image_pixels < 1:
         raise ExportError(f"--max_image_pixels must be at least 1, got {max_image_pixels}.")
     network = model_dir.create_model(
@@ -237,12 +258,17 @@ def export_saved_model(model_config, num_classes, weights, stats, class_names, e
                        "crop_size": model_config.crop_size, "ten_crop": ten_crop,
                        "max_image_pixels": max_image_pixels,
                        "standard_ops_only": not keep_custom_op,
+                       "tflite": TFLITE_FILE if tflite else None,
                        "class_names": list(class_names)}, f, indent=2)
+        if tflite:
+            files.write_bytes_atomically(os.path.join(staging, TFLITE_FILE),
+                                         tflite_model(staging))
     return export_dir
 
 
 def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=False,
-                          overwrite=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS):
+                          overwrite=False, max_image_pixels=DEFAULT_MAX_IMAGE_PIXELS,
+                          tflite=False):
     """Exports the newest intact checkpoint of a training run's model directory."""
     export_dir = output or os.path.join(workdir, model_dir.EXPORT_DIR)
     if os.path.abspath(export_dir) == os.path.abspath(workdir):
@@ -255,7 +281,7 @@ def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=F
                               restored.class_names, export_dir, ten_crop=ten_crop,
                               keep_custom_op=keep_custom_op, replace=overwrite,
                               class_descriptions=restored.class_descriptions,
-                              max_image_pixels=max_image_pixels)
+                              max_image_pixels=max_image_pixels, tflite=tflite)
 
 
 def main(argv):
@@ -266,7 +292,7 @@ def main(argv):
     f = flags.FLAGS
     try:
         path = export_from_model_dir(f.model_dir, f.output, f.ten_crop, f.keep_custom_op,
-                                     f.overwrite, f.max_image_pixels)
+                                     f.overwrite, f.max_image_pixels, f.tflite)
     except (model_dir.TrainingError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"Exported {f.model_dir} to {path}")
@@ -285,4 +311,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
                          "serving_default refuses an image whose header declares more pixels, "
                          "before decoding it.", lower_bound=1)
+    flags.DEFINE_bool("tflite", False, f"Also write {TFLITE_FILE}: serve_images as a LiteRT "
+                      "model.")
     app.run(main, flags_parser=config_lib.parse_flags)

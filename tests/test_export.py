@@ -314,6 +314,38 @@ def test_an_empty_batch_gives_empty_outputs(trained):
         assert {name: tuple(value.shape) for name, value in outputs.items()} == expected
 
 
+def test_the_litert_model_gives_the_saved_model_s_outputs(trained, tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    export_dir = str(tmp_path / "with_tflite")
+    export.export_saved_model(
+        trained["config"], 4, trained["network"].get_weights(), trained["stats"],
+        trained["class_names"], export_dir, tflite=True)
+    info = json.load(open(os.path.join(export_dir, export.INFO_FILE)))
+    assert info["tflite"] == export.TFLITE_FILE
+    images = np.stack([tf.io.decode_png(tf.io.read_file(p), channels=3).numpy()
+                       for p in trained["images"]])
+    saved = tf.saved_model.load(export_dir).signatures["serve_images"](images=tf.constant(images))
+    runner = Interpreter(model_path=os.path.join(export_dir, export.TFLITE_FILE)
+                         ).get_signature_runner(export.TFLITE_SIGNATURE)
+    for batch in (images[:1], images):  # the batch size is free, as in the SavedModel
+        outputs = runner(images=batch)
+        np.testing.assert_allclose(outputs["probabilities"],
+                                   saved["probabilities"].numpy()[:len(batch)], atol=1e-5)
+        np.testing.assert_allclose(outputs["features"], saved["features"].numpy()[:len(batch)],
+                                   rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(outputs["top5_classes"],
+                                      saved["top5_classes"].numpy()[:len(batch)])
+
+
+def test_tflite_refuses_the_custom_op(trained, tmp_path):
+    with pytest.raises(export.ExportError, match="--tflite needs the standard-op LRN"):
+        export.export_saved_model(
+            trained["config"], 4, trained["network"].get_weights(), trained["stats"],
+            trained["class_names"], str(tmp_path / "x"), tflite=True, keep_custom_op=True)
+    assert not (tmp_path / "x").exists()
+
+
 def test_the_export_stores_each_weight_once(trained):
     export_dir = export_trained(trained, "export_size")
     reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
