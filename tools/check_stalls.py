@@ -25,6 +25,8 @@ def epoch_seconds_per_step(model_dir):
 
     from alexnet_tf import model_dir as model_dir_lib, trainer
 
+    tf.get_logger().setLevel("ERROR")  # summary_iterator's deprecation notice
+
     event_dir = os.path.join(model_dir, model_dir_lib.TRAIN_LOGS)
     if not os.path.isdir(event_dir):
         raise FileNotFoundError(f"{event_dir} does not exist: is {model_dir} a run's model "

@@ -311,8 +311,9 @@ def _in_normal_range(values, dtype):
 def lrn_gradient_reference(tf, case):
     """(dx, the magnitude of its terms) by the formula in NumPy float64
     (tools/lrn_reference.py), rounded to the op's dtype, then times (x > 0) through
-    the ReLU (so a float16 overflow stays NaN there, as ReluGrad's does). None where an input is not finite or where a value on the way (a square,
-    the norm, its powers, the products of the second term) leaves the normal range
+    the ReLU (so a float16 overflow stays NaN there, as ReluGrad's does). None where
+    an input is not finite or where a value on the way (a square, the norm, its
+    powers, the products of the second term) leaves the normal range
     of the op's compute dtype, which float64 keeps: there the two differ by what
     each can represent, and the case checks only that the op does not crash."""
     dtype = tf.as_dtype(case["dtype"])
