@@ -29,8 +29,7 @@ milliseconds and no memory. An empty batch returns empty outputs.
 With --tflite the export also holds `model.tflite`: the `serve_images` signature as a
 LiteRT (TensorFlow Lite) model, converted by TensorFlow's own converter, for phones
 and edge devices; it takes the same uint8 [N, H, W, 3] batch and returns the same
-outputs but the class names (`top5_class_names`: look them up in alexnet_tf.json's
-`class_names`), which LiteRT's string tensors would not carry across.
+outputs.
 
 The output must not exist (or be an empty directory), unless it is a SavedModel this
 command wrote before and --overwrite is given; a model directory is never accepted as
@@ -105,6 +104,10 @@ class ServingModule(tf.Module):
         }
 
     def _predict(self, crops):
+        with model_lib.forward_only():  # serving is never differentiated
+            return self._predict_outputs(crops)
+
+    def _predict_outputs(self, crops):
         if self.ten_crop:
             flat = tf.reshape(crops, [-1, self.crop_size, self.crop_size, 3])
             logits, features = self._logits_and_features(flat, training=False)
@@ -212,8 +215,7 @@ def check_output(export_dir, overwrite):
 
 
 def tflite_model(saved_model_dir):
-    """The bytes of a LiteRT model of a SavedModel's serve_images signature, without
-    its class-name output."""
+    """The bytes of a LiteRT model of a SavedModel's serve_images signature."""
     converter = tf.lite.TFLiteConverter.from_saved_model(
         saved_model_dir, signature_keys=[TFLITE_SIGNATURE])
     return converter.convert()

@@ -21,6 +21,7 @@ and its gradient ops under the tower's device (`_call_on_device`).
 """
 
 import contextlib
+import contextvars
 import dataclasses
 import itertools
 import math
@@ -188,6 +189,23 @@ def _call_on_device(device, fn, inputs):
         return list(forward(*inputs))
 
 
+# Set while a graph that is never differentiated is traced (the export's serving
+# functions): the convolutions are then their forward ops alone, with no custom
+# gradient, which a SavedModel could not keep and its loader would warn about.
+_FORWARD_ONLY = contextvars.ContextVar("alexnet_tf_forward_only", default=False)
+
+
+@contextlib.contextmanager
+def forward_only():
+    """Within it, the network's layers build their forward ops only (the same ops and
+    values), without the custom gradients that training uses."""
+    token = _FORWARD_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _FORWARD_ONLY.reset(token)
+
+
 def conv_bias_activation(conv, x, kernel, bias):
     """conv.activation(conv.convolution_op(x, kernel) + bias), with the bias's gradient
     summed apart from the kernel's.
@@ -204,6 +222,8 @@ def conv_bias_activation(conv, x, kernel, bias):
     paper's net) is taken in the LRN's gradient op, in the same pass
     (`ops.relu_gradient_through_lrn`): the same values, one pass over the tensor fewer.
     """
+    if _FORWARD_ONLY.get():
+        return conv.activation(tf.nn.bias_add(conv.convolution_op(x, kernel), bias))
 
     @tf.custom_gradient
     def forward(x, kernel, bias):

@@ -336,6 +336,8 @@ def test_the_litert_model_gives_the_saved_model_s_outputs(trained, tmp_path):
                                    rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(outputs["top5_classes"],
                                       saved["top5_classes"].numpy()[:len(batch)])
+        np.testing.assert_array_equal(outputs["top5_class_names"],
+                                      saved["top5_class_names"].numpy()[:len(batch)])
 
 
 def test_tflite_refuses_the_custom_op(trained, tmp_path):
@@ -344,6 +346,18 @@ def test_tflite_refuses_the_custom_op(trained, tmp_path):
             trained["config"], 4, trained["network"].get_weights(), trained["stats"],
             trained["class_names"], str(tmp_path / "x"), tflite=True, keep_custom_op=True)
     assert not (tmp_path / "x").exists()
+
+
+def test_loading_the_export_warns_of_nothing_of_the_package_s_making(trained, tmp_path):
+    # The serving functions hold the forward ops alone: no custom gradient that the
+    # SavedModel cannot keep and the loader would warn about.
+    export_dir = export_trained(trained, "export_quiet")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys, tensorflow as tf; tf.saved_model.load(sys.argv[1])",
+         export_dir], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "custom gradients" not in result.stderr, result.stderr[-2000:]
+    assert "WARNING:absl" not in result.stderr, result.stderr[-2000:]
 
 
 def test_the_export_stores_each_weight_once(trained):
