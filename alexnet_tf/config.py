@@ -402,8 +402,9 @@ def validate(config, tf_config=None):
         what = ("the TFDS data directory" if config.dataset == settings.IMAGENET2012
                 else "the images")
         errors.append(f"--dataset={config.dataset} needs --data_dir ({what}).")
-    if config.lrn_bias <= 0:
-        errors.append(f"--lrn_bias={config.lrn_bias} must be above 0.")
+    if not config.lrn_bias >= settings.MIN_LRN_BIAS:
+        errors.append(f"--lrn_bias={config.lrn_bias} must be at least {settings.MIN_LRN_BIAS:.4g} "
+                      "(twice float32's smallest normal value).")
     if config.crop_size > config.image_size:
         errors.append(f"--crop_size={config.crop_size} is larger than "
                       f"--image_size={config.image_size}.")

@@ -205,13 +205,18 @@ def split_batches(source, split, batch_size, max_examples=None):
         yield encoded, labels, ids
 
 
-def read_image_file(path):
-    """The bytes of an image file, checked to decode."""
+def read_image_file(path, max_pixels=export.DEFAULT_MAX_IMAGE_PIXELS):
+    """The bytes of an image file, checked to decode: its header first, so that a file
+    declaring more than max_pixels pixels is refused before it is decoded."""
     if not os.path.isfile(path):
         raise InferenceError(f"Image {path} does not exist.")
     with open(path, "rb") as f:
         encoded = f.read()
     try:
+        height, width = (int(v) for v in preprocessing.encoded_image_size(encoded))
+        if height * width > max_pixels:
+            raise InferenceError(f"Image {path} declares {height}x{width} pixels, more than "
+                                 f"{max_pixels}; it is not decoded.")
         preprocessing.decode_image(encoded)
     except tf.errors.OpError as e:
         raise InferenceError(f"Image {path} cannot be decoded: {e.message}") from e

@@ -164,7 +164,8 @@ def local_response_normalization(
 
     Raises:
       tf.errors.InvalidArgumentError: for a non-float dtype, a rank other than 4,
-        depth_radius < 0 or >= channels, bias <= 0, alpha < 0 or beta < 0.
+        depth_radius < 0 or >= channels, bias <= 0 (below twice float32's smallest
+        normal value in the compiled op), alpha < 0 or beta < 0.
       OpLibraryError: if the compiled library is missing or was built for another
         TensorFlow version.
     """

@@ -165,9 +165,7 @@ def _rows(model, paths, crop_mode=None):
             except (inference.InferenceError, OSError) as e:
                 errors[path] = " ".join(str(e).split())
         readable = [path for path in batch if path not in errors]
-        probabilities = (model.predict(encoded, crop_mode)["probabilities"] if encoded
-                         else np.zeros((0, len(model.class_names))))
-        by_path = dict(zip(readable, probabilities))
+        by_path = _predict_each(model, readable, encoded, crop_mode, errors)
         for path in batch:
             if path in errors:
                 yield {"path": path, "top": [], "error": errors[path]}
@@ -176,6 +174,26 @@ def _rows(model, paths, crop_mode=None):
             top = np.argsort(-p, kind="stable")[:TOP_K]
             yield {"path": path, "error": None, "top": [
                 (model.class_names[c], model.class_descriptions[c], float(p[c])) for c in top]}
+
+
+def _predict_each(model, paths, encoded, crop_mode, errors):
+    """{path: probabilities} of a batch; where the model refuses the batch (an image
+    over a SavedModel's pixel limit, say), image by image, each refusal into errors."""
+    import tensorflow as tf
+
+    try:
+        return dict(zip(paths, model.predict(encoded, crop_mode)["probabilities"] if encoded
+                        else []))
+    except tf.errors.InvalidArgumentError:
+        pass
+    by_path = {}
+    for path, image in zip(paths, encoded):
+        try:
+            by_path[path] = model.predict([image], crop_mode)["probabilities"][0]
+        except tf.errors.InvalidArgumentError as e:
+            errors[path] = next((line.strip() for line in e.message.splitlines()
+                                 if "images[i]" in line), " ".join(e.message.split())[:300])
+    return by_path
 
 
 def _write_row(out, fmt, row):

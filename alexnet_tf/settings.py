@@ -61,6 +61,10 @@ PAPER_LRN_DEPTH_RADIUS = 2  # n = 5 channels: i - 2 .. i + 2
 PAPER_LRN_BIAS = 2.0
 PAPER_LRN_ALPHA = 1e-4
 PAPER_LRN_BETA = 0.75
+# The smallest bias the compiled op takes: twice float32's smallest normal value (its
+# vector estimate of n^-1/2 halves n, which must stay normal: TensorFlow's threads
+# flush subnormal numbers to zero).
+MIN_LRN_BIAS = 2.350988701644575e-38
 
 # How alpha weighs the window's sum of squares. The paper's text writes
 # k + alpha * sum(a^2) (as does tf.nn.local_response_normalization): "paper_text",

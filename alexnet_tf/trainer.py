@@ -675,7 +675,10 @@ def train_epoch(run):
     iterator = iter(dataset)
     run.spent_iterators.append(iterator)
     for _ in range(last - step_in_epoch):
-        images, labels = next(iterator)
+        try:
+            images, labels = next(iterator)
+        except StopIteration:  # fewer batches than counted: images dropped as corrupt
+            break
         if run.step == epoch * run.steps_per_epoch:
             with run.train_writer.as_default(step=run.step):
                 tf.summary.image("augmented_inputs",

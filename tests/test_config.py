@@ -121,7 +121,7 @@ def test_the_network_flags_reach_the_builder():
 def test_the_flag_schema_and_help_load_without_tensorflow():
     # What `python -m alexnet_tf.train --help` imports: the package under "-m", the
     # command's module, the schema; nothing of TensorFlow's or Keras'.
-    probe = ("import sys; sys.argv = ['-m']; import alexnet_tf.config, alexnet_tf.settings; "
+    probe = ("import sys; sys.argv = ['-m']; import alexnet_tf.train, alexnet_tf.config; "
              "heavy = [m for m in ('tensorflow', 'keras') if m in sys.modules]; "
              "print(heavy)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
@@ -166,3 +166,9 @@ def test_every_default_the_schema_owns_is_the_library_s_default():
             assert parameters[argument].default == fields[field].default, (
                 function.__qualname__, argument, field)
     assert tuple(model.SIZES) == config_lib.FIELDS["model_size"].metadata["choices"]
+
+
+def test_a_subnormal_lrn_bias_is_refused_in_one_line():
+    errors = config_lib.validate(config_lib.TrainConfig(data_dir="d", lrn_bias=1e-40))
+    assert any("--lrn_bias=1e-40 must be at least 2.351e-38" in e for e in errors), errors
+    assert config_lib.validate(config_lib.TrainConfig(data_dir="d", lrn_bias=2.5e-38)) == []

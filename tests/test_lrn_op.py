@@ -436,11 +436,27 @@ def test_a_huge_square_leaving_a_wide_window_leaves_no_residue(dtype):
                                atol=1e-5 * np.abs(expected).max())
 
 
-@pytest.mark.parametrize("bias", [1e-30, 2e-38])
-def test_a_tiny_bias_on_zero_inputs_gives_the_formulas_value(bias):
-    # n = bias near float32's smallest normal value, where n^-3/4 and 1/n are huge.
-    x = np.zeros((1, 1, 2, 16), np.float32)
-    x[0, 0, 1] = 1e-3
-    bias = float(np.float32(bias))
-    y = ops.local_response_normalization(x, bias=bias, alpha=1.0)
-    same_values(y, ops.local_response_normalization_reference(x, bias=bias, alpha=1.0))
+@pytest.mark.parametrize("bias", [1e-30, 2.5e-38])
+def test_a_tiny_bias_gives_the_formulas_value(bias):
+    # n = bias (+ alpha * a small sum) near float32's smallest normal value, where
+    # n^-3/4 and 1/n are huge: forward and gradient against the float64 formula.
+    rng = np.random.default_rng(7)
+    x = np.zeros((1, 1, 3, 16), np.float32)
+    x[0, 0, 1] = rng.standard_normal(16).astype(np.float32) * 1e-3
+    x[0, 0, 2, ::3] = 1e-12
+    params = dict(depth_radius=2, bias=float(np.float32(bias)), alpha=1.0, beta=0.75)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    y, dx = forward_and_gradient(x, dy, **params)
+    same_values(y, ops.local_response_normalization_reference(x, **params))
+    expected = lrn_reference.lrn(x.astype(np.float64), **params)
+    np.testing.assert_allclose(y.numpy(), expected, rtol=1e-5, atol=1e-30)
+    expected_dx = lrn_reference.lrn_grad(dy.astype(np.float64), x.astype(np.float64), **params)
+    np.testing.assert_allclose(dx.numpy(), expected_dx, rtol=1e-4,
+                               atol=1e-5 * np.abs(expected_dx).max())
+
+
+@pytest.mark.parametrize("bias", [2e-38, 1e-40, 1e-45])
+def test_the_kernel_refuses_a_subnormal_bias(bias):
+    x = np.ones((1, 1, 1, 8), np.float32)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bias must be > 0 and at least"):
+        ops.load_library().alexnet_tf_local_response_norm(x, bias=bias)

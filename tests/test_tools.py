@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_tf import compress, dataset_stats, evaluate, inference, input_pipeline, predict
+from alexnet_tf import compress, dataset_stats, evaluate, export, inference, input_pipeline, predict
 from alexnet_tf import retrieve
 from alexnet_tf import figures, show_filters, trainer
 from alexnet_tf import preprocessing
@@ -280,6 +280,29 @@ def test_predict_writes_a_table_for_a_folder_with_a_row_for_each_undecodable_fil
         assert [name for name, _ in top] == [CLASSES[c] for c in order], path
         np.testing.assert_allclose([q for _, q in top], p[order], rtol=1e-4, atol=1e-6)
     assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_predict_s_table_keeps_going_past_images_a_model_refuses(trained, tmp_path):
+    # A SavedModel that takes at most 2,000 pixels an image, a 48x48 image (2,304) among
+    # 32x32 ones, and a 49 KB PNG declaring 20000x20000 that is never decoded.
+    from PIL import Image
+    from test_export import png_bomb
+
+    export_dir = str(tmp_path / "small_limit")
+    export.export_from_model_dir(trained["workdir"], export_dir, max_image_pixels=2000)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, side in (("a.png", 32), ("b.png", 48), ("c.png", 32)):
+        Image.open(trained["val"][0]).convert("RGB").resize((side, side)).save(folder / name)
+    (folder / "d.png").write_bytes(png_bomb(20000, 20000))
+    output = tmp_path / "table.csv"
+    written, failed = predict.write_table(inference.load_model(export_dir),
+                                          predict.image_paths([str(folder)]), str(output))
+    assert (written, failed) == (4, 2)
+    rows = {os.path.basename(path): (top, error) for path, top, error in read_table(output)}
+    assert [name for name, (top, _) in sorted(rows.items()) if top] == ["a.png", "c.png"]
+    assert "declares more than 2000 pixels" in rows["b.png"][1]
+    assert "declares 20000x20000 pixels" in rows["d.png"][1]
 
 
 def test_predict_top5_equals_argsort_and_marks_the_true_label(trained, tmp_path, capsys):

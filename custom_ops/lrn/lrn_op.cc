@@ -189,9 +189,11 @@ inline __m256 RsqrtRefined(__m256 v) {
 
 // n^-3/4 and 1/n: a = n^-1/2, b = a^-1/2 = n^1/4, n^-3/4 = a * a * b and 1/n = a * a,
 // without sqrt, pow or division, which would bound the kernel by their throughput.
-// n is at least bias, a normal float32 (the kernel refuses a subnormal one), so the
-// estimates hold up to an infinite n (a square past float32's range), where they
-// give NaN and the formula 0: those lanes are cleared.
+// n is at least bias, at least twice float32's smallest normal value. For an
+// infinite n (a square past float32's range) the estimates give NaN where the
+// formula gives 0: those lanes are cleared. From n = 2^126 on, 1/n is subnormal,
+// which TensorFlow's threads flush to zero, so the outputs there are 0 where the
+// formula gives n^-3/4, below 1e-28.
 inline void Scales8(__m256 n, __m256* scale, __m256* inv) {
   const __m256 a = RsqrtRefined(n);
   const __m256 a2 = _mm256_mul_ps(a, a);
@@ -397,6 +399,10 @@ inline void BackwardBlockFloat8(const float* __restrict__ dy, const float* __res
 }
 #endif
 
+// Channels of one pixel at most, and the window radius below them: a block of
+// kPixelBlock pixels' padded channels stays far inside an int.
+constexpr int64_t kMaxChannels = int64_t{1} << 24;
+
 // Outputs from this size on are written with non-temporal stores (WriteOutputRow):
 // larger than the caches of the machines this runs on.
 constexpr int64_t kStreamingOutputBytes = int64_t{64} << 20;
@@ -538,11 +544,13 @@ class LrnKernelBase : public OpKernel {
                     "depth_radius must be a non-negative integer, got ",
                     depth_radius));
     params_.depth_radius = static_cast<int>(depth_radius);
-    // A subnormal bias is refused too: the vector kernels' estimates of n^-beta
-    // hold from float32's smallest normal value on.
-    OP_REQUIRES(ctx, std::isfinite(params_.bias) && params_.bias >= FLT_MIN,
-                errors::InvalidArgument("bias must be > 0 and normal (at least ", FLT_MIN,
-                                        "), got ", params_.bias));
+    // A bias below twice float32's smallest normal value is refused too: the vector
+    // kernels' refinement of n^-1/2 halves n, which must stay a normal number (a
+    // subnormal one is flushed to zero in TensorFlow's threads).
+    OP_REQUIRES(ctx, std::isfinite(params_.bias) && params_.bias >= 2 * FLT_MIN,
+                errors::InvalidArgument("bias must be > 0 and at least ", 2 * FLT_MIN,
+                                        " (twice float32's smallest normal value), got ",
+                                        params_.bias));
     OP_REQUIRES(ctx, std::isfinite(params_.alpha) && params_.alpha >= 0,
                 errors::InvalidArgument("alpha must be >= 0, got ",
                                         params_.alpha));
@@ -564,9 +572,10 @@ class LrnKernelBase : public OpKernel {
           " is wider than the channels of ", what, " shape ",
           t.shape().DebugString(), "; it must be < ", channels);
     }
-    if (channels > INT_MAX / 2) {
+    // The kernels index a block of pixels' channels (32 x (C + 2r)) in an int.
+    if (channels > kMaxChannels) {
       return errors::InvalidArgument("too many channels in ", what, " shape ",
-                                     t.shape().DebugString());
+                                     t.shape().DebugString(), "; at most ", kMaxChannels);
     }
     return absl::OkStatus();
   }
