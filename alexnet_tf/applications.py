@@ -19,11 +19,11 @@ after `import alexnet_tf`: every layer is registered with Keras).
 import keras
 import numpy as np
 
-from alexnet_tf import config as config_lib, model as model_lib, settings
+from alexnet_tf import config as config_lib, import_caffe, preprocessing, settings
+from alexnet_tf import model as model_lib
 
-# ImageNet's per-channel RGB means on the 0-255 scale (Caffe's ilsvrc_2012_mean,
-# averaged), the preprocessing of AlexNet(weights=None).
-IMAGENET_RGB_MEAN = (122.67891434, 116.66876762, 104.00698793)
+# ImageNet's per-channel means in RGB, the preprocessing of AlexNet(weights=None).
+IMAGENET_RGB_MEAN = import_caffe.CAFFE_BGR_MEAN[::-1]
 CLASSIFIER_ACTIVATIONS = ("softmax", None)
 
 # The classes of the model AlexNet last built from a model directory, for
@@ -50,11 +50,6 @@ class SubtractMean(keras.layers.Layer):
         return {**super().get_config(), "mean_shape": list(self.mean_shape)}
 
 
-def _centre_crop(image, size):
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[top:top + size, left:left + size]
-
-
 def _from_model_dir(path, classes):
     """(network, mean crop, [(class id, description)]) of a model directory."""
     from alexnet_tf import model_dir
@@ -63,8 +58,8 @@ def _from_model_dir(path, classes):
     if classes not in (None, 1000, len(restored.class_names)):
         raise ValueError(f"weights={path!r} has {len(restored.class_names)} classes, not "
                          f"classes={classes}; leave classes at its default.")
-    mean = _centre_crop(np.asarray(restored.stats.mean_image, np.float32),
-                        restored.config.crop_size)
+    mean = preprocessing.center_crop(np.asarray(restored.stats.mean_image, np.float32),
+                                     restored.config.crop_size).numpy()
     return (restored.network, mean,
             list(zip(restored.class_names, restored.class_descriptions)))
 
