@@ -58,6 +58,10 @@ HPARAMS_DIR = "hparams"
 # A difference of the means beyond this many of its standard errors counts as more
 # than the seeds' spread.
 SIGNIFICANT_STANDARD_ERRORS = 2.0
+# A run converged when its rate was cut and its validation error moved less than this
+# many points over the last fifth of its steps (`convergence`).
+CONVERGED_POINTS = 0.3
+GAP_MEASURE = "gap: test minus training top-1 error (points, centre crop)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,6 +92,12 @@ ABLATIONS = (
              {"towers": 1}, "-1.7 / -1.2 (Section 3.2)", -1.7, -1.2),
     Ablation("no_lighting", "PCA lighting on vs off", "no lighting",
              {"lighting": preprocessing.LIGHTING_NONE}, "over 1% top-1 (Section 4.1)", -1.0),
+    Ablation("no_dropout", "dropout vs none", "no dropout", {"dropout_rate": 0.0},
+             "without it \"substantial overfitting\"; it \"roughly doubles the number of "
+             "iterations required to converge\" (Section 4.2)"),
+    Ablation("no_crops_mirrors", "random crops and mirrors vs the centre crop",
+             "centre crop, no mirrors", {"crops_and_mirrors": False},
+             "without them \"substantial overfitting\" (Section 4.1)"),
 )
 ABLATIONS_BY_NAME = {a.name: a for a in ABLATIONS}
 # ReLU against tanh is Figure 1's question, answered with each activation's own
@@ -145,25 +155,40 @@ def run_dir_of(workdir, arm, seed):
     return os.path.join(workdir, arm, f"seed{seed}")
 
 
+def arm_configs(base_config, ablations, seed):
+    """[(arm, its config)] for one seed: the baseline, then each ablation, which changes
+    only its own settings."""
+    base = dataclasses.replace(base_config, seed=seed)
+    return [(BASELINE, base)] + [(a.name, dataclasses.replace(base, **a.overrides))
+                                 for a in ablations]
+
+
 def run_ablations(base_config, workdir, ablations=ABLATIONS, seeds=(0,)):
     """Trains the baseline and each ablation with each seed under workdir, a seed at a
     time (so a table of every arm exists after the first). Returns {(arm, seed): run_dir}."""
     base_config = dataclasses.replace(
         base_config, stats_file=shared_stats_file(base_config, workdir))
-    arms = [(BASELINE, {})] + [(a.name, a.overrides) for a in ablations]
-    run_dirs = {}
+    run_dirs, total = {}, len(seeds) * (len(ablations) + 1)
     for seed in seeds:
-        for name, overrides in arms:
+        for name, config in arm_configs(base_config, ablations, seed):
             run_dir = run_dir_of(workdir, name, seed)
             started = time.perf_counter()
-            config = dataclasses.replace(base_config, seed=seed, **overrides)
+            print(f"run {len(run_dirs) + 1} of {total}: {name} seed {seed} in {run_dir}")
             metrics = train_once(config, run_dir)
             log_hparams(run_dir, name, config, metrics)
-            errors = _errors(metrics)
-            print(f"{name} seed {seed}: {errors['split']} top-1 error {errors['top1']:.4f}, "
-                  f"top-5 {errors['top5']:.4f} ({time.perf_counter() - started:.0f} s)")
+            print(f"{describe_run(name, seed, run_record(run_dir, config))} "
+                  f"({time.perf_counter() - started:.0f} s)")
             run_dirs[(name, seed)] = run_dir
     return run_dirs
+
+
+def records_of(run_dirs, base_config, ablations, seeds):
+    """{(arm, seed): run_record} of every run."""
+    records = {}
+    for seed in seeds:
+        for name, config in arm_configs(base_config, ablations, seed):
+            records[(name, seed)] = run_record(run_dirs[(name, seed)], config)
+    return records
 
 
 # ----------------------------------------------------------------------------------
@@ -198,7 +223,67 @@ def log_hparams_config(workdir):
 
 
 # ----------------------------------------------------------------------------------
-# The table.
+# Each run's record: its errors, whether it converged, its training-sample curve.
+
+
+def convergence(validation_curve, rates, initial_rate, total_steps):
+    """Whether a run ended converged: its rate was cut at least once, and its validation
+    top-1 error (centre crop, the schedule's measure) moved less than CONVERGED_POINTS
+    over the last fifth of its steps (the largest minus the smallest of the evaluations
+    at steps >= 4/5 of total_steps; fewer than two such evaluations do not count).
+
+    validation_curve and rates are [(step, value)]: the errors (fractions) and the rate
+    set at each evaluation. Returns {"rate_cuts_at": [steps], "last_fifth_points",
+    "converged"}.
+    """
+    cuts, previous = [], initial_rate
+    for step, rate in rates:
+        if rate < previous * (1 - 1e-6):
+            cuts.append(step)
+        previous = rate
+    last_fifth = [error for step, error in validation_curve if step >= 0.8 * total_steps]
+    points = (_percent(max(last_fifth) - min(last_fifth)) if len(last_fifth) > 1
+              else math.inf)
+    return {"rate_cuts_at": cuts, "last_fifth_points": points,
+            "converged": bool(cuts) and points < CONVERGED_POINTS}
+
+
+def steps_to_reach(curve, target):
+    """The first step of [(step, error)] at or below target, or None."""
+    return next((step for step, error in curve if error <= target), None)
+
+
+def run_record(run_dir, config):
+    """What the table reads of a finished run, from its metrics.json and TensorBoard
+    events."""
+    metrics = _read_metrics(run_dir)
+    validation = model_dir.read_scalars(run_dir, model_dir.VALIDATION_LOGS, "top1_error")
+    rates = model_dir.read_scalars(run_dir, model_dir.VALIDATION_LOGS, trainer.LEARNING_RATE)
+    record = {"errors": _errors(metrics), "step": metrics["step"],
+              **convergence(validation, rates, config.learning_rate, metrics["step"])}
+    if trainer.TRAIN_SAMPLE in metrics:
+        record["train_top1"] = metrics[trainer.TRAIN_SAMPLE]["top1_error"]
+        record["centre_top1"] = metrics[record["errors"]["split"]]["top1_error"]
+        record["train_curve"] = model_dir.read_scalars(
+            run_dir, model_dir.TRAIN_SAMPLE_LOGS, "top1_error")
+    return record
+
+
+def describe_run(arm, seed, record):
+    """One line: the run's error and its convergence."""
+    errors = record["errors"]
+    cuts = ", ".join(str(step) for step in record["rate_cuts_at"]) or "never"
+    line = (f"{arm} seed {seed}: {errors['split']} top-1 error {errors['top1']:.4f}, "
+            f"top-5 {errors['top5']:.4f}; rate cut at {cuts}; validation error moved "
+            f"{record['last_fifth_points']:.2f} points over the last fifth: "
+            + ("converged" if record["converged"] else "NOT converged"))
+    if "train_top1" in record:
+        line += f"; training sample top-1 error {record['train_top1']:.4f}"
+    return line
+
+
+# ----------------------------------------------------------------------------------
+# The tables.
 
 
 def _errors(metrics):
@@ -230,65 +315,203 @@ def compare(ours, theirs):
     return m1 - m2, standard_error, exceeds
 
 
-def table_rows(run_dirs, ablations, seeds):
-    """One row per pair and measure; errors in percent."""
-    def errors(arm, k):
-        return [_percent(_errors(_read_metrics(run_dirs[(arm, s)]))[f"top{k}"]) for s in seeds]
+def seeds_to_resolve(ours, theirs):
+    """Seeds per arm at which the measured difference of the means would exceed
+    SIGNIFICANT_STANDARD_ERRORS standard errors, at the measured spreads: the smallest
+    n with |d| > k sqrt((s1^2 + s2^2) / n). None for no difference (or no spread)."""
+    (m1, s1, _), (m2, s2, _) = arm_statistics(ours), arm_statistics(theirs)
+    difference = abs(m1 - m2)
+    if difference == 0 or s1 + s2 == 0:
+        return None
+    n = SIGNIFICANT_STANDARD_ERRORS ** 2 * (s1 * s1 + s2 * s2) / difference ** 2
+    return math.floor(n) + 1
 
-    first = _errors(_read_metrics(run_dirs[(BASELINE, seeds[0])]))
+
+def verdict(difference, exceeds):
+    if not exceeds:
+        return "not resolved"
+    return "lower with the paper's choice" if difference < 0 else "higher with the paper's choice"
+
+
+def _measures(records, arm, seeds):
+    """{measure name: [values in percent per seed]} of an arm."""
+    runs = [records[(arm, seed)] for seed in seeds]
+    first = runs[0]["errors"]
+    measures = {f"{first['split']} top-{k} error (%, {first['crops']})":
+                [_percent(run["errors"][f"top{k}"]) for run in runs] for k in (1, 5)}
+    if all("train_top1" in run for run in runs):
+        measures[GAP_MEASURE] = [_percent(run["centre_top1"] - run["train_top1"])
+                                 for run in runs]
+    return measures
+
+
+def table_rows(records, ablations, seeds):
+    """One row per pair and measure; errors in percent. records: {(arm, seed): run_record}."""
+    baseline = _measures(records, BASELINE, seeds)
     rows = []
     for ablation in ablations:
-        for k, paper in ((1, ablation.paper_top1), (5, ablation.paper_top5)):
-            ours, theirs = errors(BASELINE, k), errors(ablation.name, k)
+        changed = _measures(records, ablation.name, seeds)
+        for i, (measure, ours) in enumerate(baseline.items()):
+            theirs = changed[measure]
             difference, standard_error, exceeds = compare(ours, theirs)
+            paper = (ablation.paper_top1, ablation.paper_top5, None)[i]
             rows.append(dict(
-                pair=ablation.pair, changed_setting=ablation.changed_setting,
-                measure=f"{first['split']} top-{k} error (%, {first['crops']})",
+                pair=ablation.pair, changed_setting=ablation.changed_setting, measure=measure,
                 paper_choice=arm_statistics(ours), changed=arm_statistics(theirs),
                 paper_choice_runs=ours, changed_runs=theirs,
                 difference=difference, standard_error=standard_error, exceeds_spread=exceeds,
-                paper_reports=ablation.paper_text if k == 1 else "", paper_difference=paper))
+                verdict=verdict(difference, exceeds),
+                seeds_to_resolve=None if exceeds else seeds_to_resolve(ours, theirs),
+                paper_reports=ablation.paper_text if i == 0 else "", paper_difference=paper))
     return rows
 
 
-def format_markdown(rows, budget):
-    lines = [
-        budget, "",
-        "| pair | measure | paper's choice, mean ± sd | changed, mean ± sd | difference "
-        "(paper's choice - changed) ± its standard error | beyond the seeds' spread? | "
-        "paper reports |",
-        "|---|---|---|---|---|---|---|",
-    ]
+def arm_rows(records, arms, seeds):
+    """One row per arm: its errors, training error, gap, convergence and the steps its
+    runs took to reach the baseline's mean final training error."""
+    baseline_train = [records[(BASELINE, s)].get("train_top1") for s in seeds]
+    target = None if None in baseline_train else statistics.mean(baseline_train)
+    rows = []
+    for arm in arms:
+        runs = [records[(arm, seed)] for seed in seeds]
+        measures = _measures(records, arm, seeds)
+        row = dict(arm=arm, measures={name: arm_statistics(values)
+                                      for name, values in measures.items()},
+                   converged=sum(run["converged"] for run in runs), runs=len(runs),
+                   rate_cuts_at=[run["rate_cuts_at"] for run in runs],
+                   last_fifth_points=[run["last_fifth_points"] for run in runs])
+        if target is not None:
+            row["train_top1"] = arm_statistics([_percent(run["train_top1"]) for run in runs])
+            row["target_train_top1"] = _percent(target)
+            row["steps_to_target"] = [steps_to_reach(run["train_curve"], target)
+                                      for run in runs]
+        rows.append(row)
+    return rows
+
+
+def _mean_sd(statistic):
+    mean, sd, _ = statistic
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def _steps_text(steps):
+    reached = [s for s in steps if s is not None]
+    text = f"{statistics.mean(reached):.0f}" if reached else "-"
+    if len(reached) < len(steps):
+        text += f" ({len(steps) - len(reached)} of {len(steps)} never)"
+    return text
+
+
+def format_arms(rows):
+    measure = next(iter(rows[0]["measures"]))
+    has_train = "train_top1" in rows[0]
+    head = f"| arm | runs converged | rate cut at (steps, per seed) | {measure} |"
+    if has_train:
+        head += (" training sample top-1 % (centre) | gap: test minus training top-1 "
+                 "(points, centre) | steps to the baseline's final training error "
+                 f"({rows[0]['target_train_top1']:.2f}%) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
-        (m1, s1, _), (m2, s2, _) = row["paper_choice"], row["changed"]
-        lines.append(
-            f"| {row['pair']} ({row['changed_setting']}) | {row['measure']} | "
-            f"{m1:.2f} ± {s1:.2f} | {m2:.2f} ± {s2:.2f} | {row['difference']:+.2f} ± "
-            f"{row['standard_error']:.2f} | {'yes' if row['exceeds_spread'] else 'no'} | "
-            f"{row['paper_reports']} |")
+        cuts = "; ".join(", ".join(str(s) for s in run) or "none" for run in row["rate_cuts_at"])
+        line = (f"| {row['arm']} | {row['converged']} of {row['runs']} | {cuts} | "
+                f"{_mean_sd(row['measures'][measure])} |")
+        if has_train:
+            line += (f" {_mean_sd(row['train_top1'])} | {_mean_sd(row['measures'][GAP_MEASURE])}"
+                     f" | {_steps_text(row['steps_to_target'])} |")
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def describe_budget(base_config, run_dirs, seeds, recipe=DEFAULT_RECIPE):
-    baseline = _read_metrics(run_dirs[(BASELINE, seeds[0])])
-    errors = _errors(baseline)
-    return (
+def format_pairs(rows):
+    lines = [
+        "| pair | measure | paper's choice, mean ± sd | changed, mean ± sd | difference "
+        "(paper's choice - changed) ± its standard error | verdict (beyond "
+        f"{SIGNIFICANT_STANDARD_ERRORS:g} standard errors?) | seeds per arm to resolve it at "
+        "this spread | paper reports |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        needed = row["seeds_to_resolve"]
+        lines.append(
+            f"| {row['pair']} ({row['changed_setting']}) | {row['measure']} | "
+            f"{_mean_sd(row['paper_choice'])} | {_mean_sd(row['changed'])} | "
+            f"{row['difference']:+.2f} ± {row['standard_error']:.2f} | {row['verdict']} | "
+            f"{'' if row['exceeds_spread'] else needed or '-'} | {row['paper_reports']} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_ensemble(ensemble):
+    lines = ["| baseline's seeds | crops | single runs' test top-1 %, mean ± sd | their "
+             "softmax average's test top-1 % | top-5: single / average |",
+             "|---|---|---|---|---|"]
+    for mode, row in ensemble["modes"].items():
+        lines.append(
+            f"| {', '.join(str(s) for s in ensemble['seeds'])} | {mode} | "
+            f"{_mean_sd(row['single_top1'])} | {row['ensemble_top1']:.2f} | "
+            f"{row['single_top5'][0]:.2f} / {row['ensemble_top5']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def format_markdown(rows, budget, arms=None, ensemble=None):
+    parts = [budget, ""]
+    if arms:
+        parts += [format_arms(arms)]
+    parts += [format_pairs(rows)]
+    if ensemble:
+        parts += [format_ensemble(ensemble)]
+    return "\n".join(parts)
+
+
+def describe_budget(base_config, records, seeds, recipe=DEFAULT_RECIPE):
+    baseline = records[(BASELINE, seeds[0])]
+    errors = baseline["errors"]
+    text = (
         f"Per run: the {os.path.basename(recipe)} recipe, {baseline['step']} steps at "
         f"batch {base_config.batch_size}, the schedule deciding on the validation split; "
-        f"errors on the {errors['split']} split ({baseline[errors['split']]['examples']} "
-        f"images, {errors['crops']}); seeds {', '.join(str(s) for s in seeds)}; "
-        f"model_size={base_config.model_size}. Errors in percent, mean ± sample standard "
-        "deviation over the seeds; a difference is beyond the seeds' spread when it exceeds "
-        f"{SIGNIFICANT_STANDARD_ERRORS:g} standard errors."
-    )
+        f"errors on the {errors['split']} split ({errors['crops']}); seeds "
+        f"{', '.join(str(s) for s in seeds)}; model_size={base_config.model_size}. "
+        "Errors in percent, mean ± sample standard deviation over the seeds; a difference "
+        f"is resolved when it exceeds {SIGNIFICANT_STANDARD_ERRORS:g} standard errors. A "
+        "run converged when its rate was cut at least once and its validation top-1 error "
+        f"moved less than {CONVERGED_POINTS:g} points over the last fifth of its steps.")
+    if base_config.train_error_examples:
+        text += (f" Training error: {base_config.train_error_examples} fixed training "
+                 "images, centre crop, inference mode.")
+    return text
 
 
-def write_table(rows, budget, output):
-    """Writes the Markdown table to output and the rows as JSON beside it."""
-    markdown = format_markdown(rows, budget)
+# ----------------------------------------------------------------------------------
+# Table 2's ensemble: the baseline's seeds, their softmax averaged.
+
+
+def ensemble_of_seeds(run_dirs, seeds, data_dir, split):
+    """The test errors of the baseline's seeds and of their softmax average, through
+    alexnet_tf.evaluate; {"seeds", "modes": {crop mode: {...}}} in percent."""
+    from alexnet_tf import evaluate, inference
+
+    models = [inference.load_model(run_dirs[(BASELINE, seed)]) for seed in seeds]
+    source, _ = inference.load_data_source(models, data_dir=data_dir)
+    result = evaluate.evaluate(models, source, split)
+    modes = {}
+    for mode in result[evaluate.ENSEMBLE]:
+        single = {k: [_percent(member[mode][f"top{k}_error"]) for member in result["models"]]
+                  for k in (1, 5)}
+        modes[mode] = dict(
+            single_top1=arm_statistics(single[1]), single_top5=arm_statistics(single[5]),
+            ensemble_top1=_percent(result[evaluate.ENSEMBLE][mode]["top1_error"]),
+            ensemble_top5=_percent(result[evaluate.ENSEMBLE][mode]["top5_error"]))
+    return {"seeds": list(seeds), "split": split, "examples": result["examples"],
+            "modes": modes}
+
+
+def write_table(rows, budget, output, arms=None, ensemble=None):
+    """Writes the Markdown tables to output and their rows as JSON beside it."""
+    markdown = format_markdown(rows, budget, arms, ensemble)
     files.write_text_atomically(output, markdown)
-    files.write_text_atomically(os.path.splitext(output)[0] + ".json",
-                                json.dumps({"budget": budget, "rows": rows}, indent=2))
+    files.write_text_atomically(
+        os.path.splitext(output)[0] + ".json",
+        json.dumps({"budget": budget, "rows": rows, "arms": arms, "ensemble": ensemble},
+                   indent=2))
     return markdown
 
 
@@ -302,10 +525,13 @@ def _define_flags():
     flags.DEFINE_string("output", None, "The table as Markdown (and JSON beside it, .json). "
                         "Default: WORKDIR/table.md.")
     flags.DEFINE_string("recipe", DEFAULT_RECIPE, "The training flagfile every run starts from.")
-    flags.DEFINE_list("ablations", list(DEFAULT_ABLATIONS), "Which changed settings to run "
-                      f"(known: {', '.join(ABLATIONS_BY_NAME)}).")
+    known = "; ".join(f"{a.name}: {a.changed_setting}" for a in ABLATIONS)
+    flags.DEFINE_list("ablations", list(DEFAULT_ABLATIONS), "Which changed settings to run, "
+                      f"each one of the paper's choices changed, nothing else ({known}).")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "The seeds of every arm.")
     flags.DEFINE_integer("train_steps", 0, "Steps per run (0: the recipe's budget).")
+    flags.DEFINE_boolean("ensemble", True, "Also evaluate the softmax average of the "
+                         "baseline's seeds (Table 2's ensembles) through alexnet_tf.evaluate.")
 
 
 def main(argv):
@@ -332,9 +558,16 @@ def main(argv):
         sys.exit(75)
     except (OSError, ValueError, trainer.TrainingError) as e:
         sys.exit(f"error: {e}")
-    rows = table_rows(run_dirs, ablations, seeds)
+    records = records_of(run_dirs, base_config, ablations, seeds)
+    rows = table_rows(records, ablations, seeds)
+    arms = arm_rows(records, [BASELINE] + [a.name for a in ablations], seeds)
+    ensemble = None
+    if values.ensemble and len(seeds) > 1:
+        ensemble = ensemble_of_seeds(run_dirs, seeds, values.data_dir,
+                                     records[(BASELINE, seeds[0])]["errors"]["split"])
     output = values.output or os.path.join(values.workdir, "table.md")
-    print(write_table(rows, describe_budget(base_config, run_dirs, seeds, values.recipe), output))
+    budget = describe_budget(base_config, records, seeds, values.recipe)
+    print(write_table(rows, budget, output, arms, ensemble))
     print(f"Wrote {output} and its .json; {time.perf_counter() - started:.0f} s in all.")
 
 

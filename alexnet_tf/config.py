@@ -156,6 +156,10 @@ class TrainConfig:
         choices=settings.LIGHTING_SCALES)
     lighting_stddev: float = setting(settings.PAPER_LIGHTING_STDDEV, "Standard "
                                      "deviation of the lighting coefficients a_i.", minimum=0.0)
+    crops_and_mirrors: bool = setting(
+        True, "Train on random crop_size crops of the image_size images and their "
+        "horizontal reflections (Section 4.1); false: the centre crop, unmirrored, every "
+        "step (the lighting still applies).")
     stats_file: str = setting("", "Dataset statistics to use; default: computed once into "
                               "MODEL_DIR.")
     stats_examples: int = setting(0, "Compute the statistics over a random subset of this "
@@ -208,6 +212,11 @@ class TrainConfig:
                                    on_resume=CHANGEABLE)
     eval_steps: int = setting(0, "Evaluate on this many batches only (0: all).", minimum=0,
                               on_resume=CHANGEABLE)
+    train_error_examples: int = setting(
+        0, "At each evaluation and at the end, also the error of this many training "
+        "images (a fixed sample: the first of the seed's first epoch), centre crop, in "
+        "inference mode, beside the validation error: the gap between the two is the "
+        "overfitting (0: none).", minimum=0, on_resume=CHANGEABLE)
     checkpoint_every_steps: int = setting(1000, "Also checkpoint every N steps.", minimum=1,
                                           on_resume=CHANGEABLE)
     keep_checkpoints: int = setting(3, "Checkpoints kept.", minimum=1, on_resume=CHANGEABLE)

@@ -91,6 +91,7 @@ def make_train_dataset(
     drop_remainder=True,
     num_shards=1,
     shard_index=0,
+    crops_and_mirrors=True,
 ):
     """Batches of (float32 [B, crop, crop, 3] mean-subtracted, int32 [B] labels) for training.
 
@@ -112,6 +113,10 @@ def make_train_dataset(
     (its position in the whole stream is its seed). So the k-th batches of all the
     shards together hold the k-th batch of the unsharded pipeline with num_shards
     times the batch size, augmented alike.
+
+    Without `crops_and_mirrors` every image gives its centre crop, unmirrored (the crop
+    evaluation takes), with its lighting drawn as before: Section 4.1's first form of
+    augmentation switched off, the second kept.
     """
     if lighting not in preprocessing.LIGHTING_SCALES:
         raise ValueError(f"Unknown lighting {lighting!r}; expected one of "
@@ -133,6 +138,8 @@ def make_train_dataset(
             example.get(STREAM_INDEX, index), basis, seed, image_size, crop_size,
             lighting_stddev,
         )
+        if not crops_and_mirrors:
+            offset, flip = tf.fill([2], (image_size - crop_size) // 2), tf.zeros_like(flip)
         return crop(example["image"], offset, flip, rgb), tf.cast(example["label"], tf.int32)
 
     if shuffle_buffer:

@@ -45,6 +45,8 @@ EXPORT_DIR = "export"
 LOCK_FILE = ".lock"
 TRAIN_LOGS = "train"
 VALIDATION_LOGS = "validation"
+# The error of a fixed sample of training images (--train_error_examples).
+TRAIN_SAMPLE_LOGS = "train_sample"
 
 CHECKPOINT_NAME = "ckpt"
 _CHECKPOINT_INDEX = re.compile(rf"^{CHECKPOINT_NAME}-(\d+)\.index$")
@@ -177,6 +179,23 @@ def write_run_record(config, class_names, workdir):
 
 def write_metrics(workdir, metrics):
     files.write_text_atomically(os.path.join(workdir, METRICS_FILE), json.dumps(metrics, indent=2))
+
+
+def read_scalars(workdir, logs, tag):
+    """[(step, value)] of a scalar the run logged for TensorBoard under workdir/logs, in
+    step order. Where a resumed run logged a step again, its last value counts."""
+    event_dir = os.path.join(workdir, logs)
+    if not os.path.isdir(event_dir):
+        raise FileNotFoundError(f"{event_dir} does not exist: is {workdir} a run's model "
+                                "directory?")
+    values = {}
+    tf.get_logger().setLevel("ERROR")  # summary_iterator's deprecation notice
+    for name in sorted(os.listdir(event_dir)):
+        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
+            for value in event.summary.value:
+                if value.tag == tag:
+                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    return sorted(values.items())
 
 
 def read_metrics(workdir):

@@ -118,6 +118,9 @@ def create_distribution(config):
 # each evaluation's seconds (validation/).
 EPOCH_SECONDS_PER_STEP = "epoch_seconds_per_step"
 EVALUATION_SECONDS = "evaluation_seconds"
+LEARNING_RATE = "learning_rate"
+# metrics.json's entry for the errors of --train_error_examples training images.
+TRAIN_SAMPLE = "train_sample"
 
 
 # ----------------------------------------------------------------------------------
@@ -223,6 +226,7 @@ def train_dataset_fn(source, stats, config, epoch, steps_per_epoch, step_in_epoc
             lighting_stddev=config.lighting_stddev, seed=config.seed + epoch, num_epochs=1,
             corrupt_counter=source.corrupt_counter, dct_method=source.dct_method,
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
+            crops_and_mirrors=config.crops_and_mirrors,
         ).take(steps_per_epoch * replicas).skip(step_in_epoch * replicas)
 
     return dataset_fn
@@ -352,6 +356,8 @@ class Run:
     eval_step: object = None
     train_writer: object = None
     validation_writer: object = None
+    train_sample_writer: object = None
+    train_sample: object = None  # the cached dataset of --train_error_examples
     stop: _StopRequest = None
     wall_time: WallTime = dataclasses.field(default_factory=WallTime)
     traced: bool = False  # whether this process has run the step function once
@@ -627,7 +633,7 @@ def _log_step(run, progress, throughput, learning_rate, loss_value, top1, top5):
         tf.summary.scalar("loss", loss_value)
         tf.summary.scalar("top1_error", float(top1))
         tf.summary.scalar("top5_error", float(top5))
-        tf.summary.scalar("learning_rate", float(learning_rate))
+        tf.summary.scalar(LEARNING_RATE, float(learning_rate))
         tf.summary.scalar("images_per_second", images_per_second)
         if run.loss_scale is not None:
             tf.summary.scalar("loss_scale", float(run.loss_scale.scale.numpy()))
@@ -734,11 +740,21 @@ def _log_epoch_time(run, epoch_number, steps, seconds, besides):
 # Evaluation.
 
 
+def _examples_of(run, split):
+    """A split's examples; for "train", the fixed sample of --train_error_examples,
+    kept in memory after its first pass."""
+    if split == data.TRAIN:
+        if run.train_sample is None:
+            run.train_sample = run.source.train_for_epoch(0).take(
+                run.config.train_error_examples).cache()
+        return run.train_sample
+    return run.source.encoded_validation if split == data.VALIDATION else run.source.encoded_test
+
+
 def evaluate(run, split, ten_crop):
     """Top-1 and top-5 error over a split (or its first eval_steps batches), counted
     over every replica of every worker."""
-    examples = (run.source.encoded_validation if split == data.VALIDATION
-                else run.source.encoded_test)
+    examples = _examples_of(run, split)
     misses_1 = misses_5 = count = 0
     for images, labels in make_eval_input(run.distribution, examples, run.stats, run.config,
                                           ten_crop, run.source.corrupt_counter):
@@ -758,13 +774,20 @@ def evaluate_split(run, split, ten_crop):
     return metrics
 
 
-def _log_evaluation(run, metrics, seconds=None):
-    with run.validation_writer.as_default(step=run.step):
+def _log_scalars(writer, step, metrics):
+    with writer.as_default(step=step):
         for name, value in metrics.items():
             if name != "examples":
                 tf.summary.scalar(name, value)
-        if seconds is not None:
+
+
+def _log_evaluation(run, metrics, seconds=None, train_sample=None):
+    _log_scalars(run.validation_writer, run.step, metrics)
+    if seconds is not None:
+        with run.validation_writer.as_default(step=run.step):
             tf.summary.scalar(EVALUATION_SECONDS, seconds)
+    if train_sample is not None:
+        _log_scalars(run.train_sample_writer, run.step, train_sample)
     if run.chief:
         with run.train_writer.as_default(step=run.step):
             grid = figures.filter_figure(model_lib.conv1_kernels(run.model), zoom=2)
@@ -779,15 +802,31 @@ def evaluate_and_schedule(run):
     with run.wall_time.part("evaluations"):
         began = time.perf_counter()
         metrics = evaluate_split(run, data.VALIDATION, run.config.ten_crop_each_evaluation)
+        train_sample = _train_sample_errors(run)
         seconds = time.perf_counter() - began
-        _log_evaluation(run, metrics, seconds)
+        _log_evaluation(run, metrics, seconds, train_sample)
     reduced = run.schedule.record(metrics["top1_error"])
-    print(_evaluation_line(run, metrics, reduced) + f" ({seconds:.1f} s)")
+    with run.validation_writer.as_default(step=run.step):
+        # The rate from this step on: where the schedule cut it is exact here.
+        tf.summary.scalar(LEARNING_RATE, float(run.schedule.learning_rate))
+    print(_evaluation_line(run, metrics, reduced, train_sample) + f" ({seconds:.1f} s)")
     save_checkpoint(run)
     if run.chief:
         model_dir.write_metrics(run.workdir, {"epoch": run.epoch, "step": run.step,
-                                              "finished": False, "validation": metrics})
+                                              "finished": False, "validation": metrics,
+                                              **_train_sample_entry(train_sample)})
     return metrics
+
+
+def _train_sample_errors(run):
+    """The fixed training sample's errors (centre crop, inference mode), or None."""
+    if not run.config.train_error_examples:
+        return None
+    return evaluate(run, data.TRAIN, ten_crop=False)
+
+
+def _train_sample_entry(train_sample):
+    return {} if train_sample is None else {TRAIN_SAMPLE: train_sample}
 
 
 def final_report(run):
@@ -799,9 +838,11 @@ def final_report(run):
 
 def _final_report(run):
     report = {"validation": evaluate_split(run, data.VALIDATION, run.config.eval_ten_crop)}
-    _log_evaluation(run, report["validation"])
+    train_sample = _train_sample_errors(run)
+    _log_evaluation(run, report["validation"], train_sample=train_sample)
     if run.source.num_test_examples:
         report["test"] = evaluate_split(run, data.TEST, run.config.eval_ten_crop)
+    report.update(_train_sample_entry(train_sample))
     if run.chief:
         model_dir.write_metrics(run.workdir, {"epoch": run.epoch, "step": run.step,
                                               "finished": True, **report})
@@ -849,8 +890,11 @@ def _open_writers(run):
             os.path.join(run.workdir, model_dir.TRAIN_LOGS))
         run.validation_writer = tf.summary.create_file_writer(
             os.path.join(run.workdir, model_dir.VALIDATION_LOGS))
+        run.train_sample_writer = tf.summary.create_file_writer(
+            os.path.join(run.workdir, model_dir.TRAIN_SAMPLE_LOGS))
     else:
-        run.train_writer = run.validation_writer = tf.summary.create_noop_writer()
+        run.train_writer = run.validation_writer = run.train_sample_writer = (
+            tf.summary.create_noop_writer())
 
 
 def train_and_evaluate(config, workdir, started=None):
@@ -923,9 +967,11 @@ def _errors_text(metrics):
     return text
 
 
-def _evaluation_line(run, metrics, reduced):
+def _evaluation_line(run, metrics, reduced, train_sample=None):
     line = (f"epoch {run.epoch + (run.step % run.steps_per_epoch > 0)}, step {run.step}: "
             f"validation {_errors_text(metrics)}")
+    if train_sample is not None:
+        line += f"; training sample top-1 error {train_sample['top1_error']:.4f}"
     corrupt = run.source.corrupt_count()
     if corrupt:
         line += f"; {corrupt} corrupt images skipped so far"

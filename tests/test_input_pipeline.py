@@ -12,7 +12,7 @@ import tensorflow as tf
 
 import ilsvrc_fixture as fx
 from alexnet_tf import input_pipeline as ip
-from alexnet_tf import preprocessing, corrupt_images
+from alexnet_tf import corrupt_images, ops, preprocessing
 
 
 def eager_and_mapped(fn, *args):
@@ -355,6 +355,30 @@ def test_train_mean_crop_follows_the_image_crop_and_mirror():
             assert window is not None
             seen.add(window)
         assert len(seen) > 4 and {mirrored for _, _, mirrored in seen} == {False, True}
+
+
+@pytest.mark.parametrize("encode", [fx.png_bytes, None])
+def test_train_without_crops_and_mirrors_gives_the_centre_crop_with_its_lighting(encode):
+    image_size, crop_size = 10, 6
+    stats = make_stats(image_size, seed=3)
+    images, examples = smooth_examples(4, image_size, image_size, encode=encode)
+    kwargs = dict(image_size=image_size, crop_size=crop_size, seed=5, num_epochs=1,
+                  shuffle_buffer=0, crops_and_mirrors=False)
+    unlit, _ = next(ip.make_train_dataset(examples, stats, 4, lighting=preprocessing.LIGHTING_NONE,
+                                          **kwargs).as_numpy_iterator())
+    lit, labels = next(ip.make_train_dataset(examples, stats, 4, **kwargs).as_numpy_iterator())
+    np.testing.assert_array_equal(labels, [0, 1, 2, 3])
+    basis = preprocessing.lighting_basis(stats.eigenvalues, stats.eigenvectors,
+                                         preprocessing.LIGHTING_SQRT_EIGENVALUE)
+    for index, (image, plain, shifted) in enumerate(zip(images, unlit, lit)):
+        # The centre 6x6 of the 10x10 image, the mean image's centre subtracted, unmirrored.
+        expected = image.astype(np.float64)[2:8, 2:8] - stats.mean_image[2:8, 2:8]
+        np.testing.assert_allclose(plain, expected, atol=1e-3)
+        # The lighting adds the image's own draw, the one it gets with crops and mirrors.
+        _, _, rgb = ops.augmentation_draws(index, basis, 5, image_size, crop_size,
+                                           preprocessing.PAPER_LIGHTING_STDDEV)
+        assert np.abs(rgb.numpy()).max() > 1e-2
+        np.testing.assert_allclose(shifted - plain, np.broadcast_to(rgb, plain.shape), atol=1e-3)
 
 
 def test_train_draws_new_augmentation_each_epoch_and_repeats_under_a_seed():

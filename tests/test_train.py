@@ -542,3 +542,26 @@ def test_the_test_split_never_reaches_a_decision_and_is_reported_at_the_end(tmp_
         assert errors == pytest.approx({k: report["test"][k] for k in ("top1_error", "top5_error")})
     assert result["models"][0]["ten_crop"] == pytest.approx(
         {k: report["test"][f"ten_crop_{k}"] for k in ("top1_error", "top5_error")})
+
+
+def test_the_training_sample_error_is_evaluate_s_on_the_first_images_of_the_first_epoch(
+        tmp_path):
+    from alexnet_tf import evaluate
+
+    config = smoke_config(tmp_path, epochs=1, export=False, eval_ten_crop=False,
+                          train_error_examples=40)
+    workdir = str(tmp_path / "model")
+    report = trainer.train_and_evaluate(config, workdir)
+    assert report["train_sample"]["examples"] == 40
+    assert model_dir.read_metrics(workdir)["train_sample"] == report["train_sample"]
+    # alexnet_tf.evaluate, another pipeline, on the training split's first 40 images in
+    # the seed's first-epoch order (read from their files, not the trainer's memory).
+    source, _ = inference.load_data_source([inference.load_model(workdir)])
+    result = evaluate.evaluate([inference.load_model(workdir)], source, split="train",
+                               max_examples=40)
+    assert result["examples"] == 40
+    assert result["models"][0]["center"] == pytest.approx(
+        {k: report["train_sample"][k] for k in ("top1_error", "top5_error")})
+    logged = model_dir.read_scalars(workdir, model_dir.TRAIN_SAMPLE_LOGS, "top1_error")
+    assert logged[-1] == (model_dir.read_metrics(workdir)["step"],
+                          pytest.approx(report["train_sample"]["top1_error"]))

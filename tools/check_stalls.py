@@ -21,23 +21,10 @@ import sys
 def epoch_seconds_per_step(model_dir):
     """[(step at the epoch's end, seconds per step)] from the run's train/ events."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
     from alexnet_tf import model_dir as model_dir_lib, trainer
 
-    tf.get_logger().setLevel("ERROR")  # summary_iterator's deprecation notice
-
-    event_dir = os.path.join(model_dir, model_dir_lib.TRAIN_LOGS)
-    if not os.path.isdir(event_dir):
-        raise FileNotFoundError(f"{event_dir} does not exist: is {model_dir} a run's model "
-                                "directory?")
-    readings = {}
-    for name in sorted(os.listdir(event_dir)):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
-            for value in event.summary.value:
-                if value.tag == trainer.EPOCH_SECONDS_PER_STEP:
-                    readings[event.step] = float(tf.make_ndarray(value.tensor))
-    return sorted(readings.items())
+    return model_dir_lib.read_scalars(model_dir, model_dir_lib.TRAIN_LOGS,
+                                      trainer.EPOCH_SECONDS_PER_STEP)
 
 
 def check(readings, limit):
