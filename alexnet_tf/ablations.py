@@ -441,8 +441,9 @@ def format_pairs(rows):
 
 
 def format_ensemble(ensemble):
-    lines = ["| baseline's seeds | crops | single runs' test top-1 %, mean ± sd | their "
-             "softmax average's test top-1 % | top-5: single / average |",
+    split = ensemble["split"]
+    lines = [f"| baseline's seeds | crops | single runs' {split} top-1 %, mean ± sd | their "
+             f"softmax average's {split} top-1 % | top-5: single mean / average |",
              "|---|---|---|---|---|"]
     for mode, row in ensemble["modes"].items():
         lines.append(
