@@ -21,7 +21,10 @@ it, as it needed several on CIFAR-10.
 
 The command first sweeps --learning_rates for each activation with --seeds' first
 seed and takes, for each, the rate that reaches the threshold in the fewest steps
-(the lowest final error if none does); then trains that rate with every seed. It
+(the lowest final error if none does). While that rate is the smallest or largest
+swept, the sweep goes on past it (0.01 -> 0.03 -> 0.1, up to --max_sweep_extensions
+times), so that the chosen rate has a slower one on each side; the table says
+whether it has. Then it trains that rate with every seed. It
 prints and writes (WORKDIR/figure1.json, .md) the steps each run needed, the ratio
 tanh / ReLU for each seed and their mean and standard deviation, and draws
 WORKDIR/figure1.png in the style of Figure 1 (training error against epochs, solid
@@ -30,6 +33,7 @@ when it finishes; rerunning skips the finished ones.
 """
 
 import json
+import math
 import os
 import statistics
 import sys
@@ -157,6 +161,39 @@ def best_rate(records, threshold):
     return min(records, key=key)["learning_rate"]
 
 
+def neighbour_rate(rate, up):
+    """The next rate of a 1-3-10 sweep above (up) or below rate: 0.01 -> 0.03 -> 0.1;
+    0.001 -> 0.0003 -> 0.0001. Other rates step by 3x."""
+    exponent = math.floor(math.log10(rate) + 1e-9)
+    mantissa = round(rate / 10.0 ** exponent, 6)
+    if mantissa == 1:
+        new = 3 * 10.0 ** (exponent if up else exponent - 1)
+    elif mantissa == 3:
+        new = 10.0 ** (exponent + 1 if up else exponent)
+    else:
+        new = rate * 3 if up else rate / 3
+    return float(f"{new:.3g}")
+
+
+def bracketed_sweep(train, rates, threshold, max_extensions):
+    """Runs `train(rate)` (-> a run's record) for each rate, then extends the sweep past
+    its smallest or largest rate while the best (`best_rate`) is that rate, at most
+    max_extensions times, so that the best has a worse rate on each side.
+
+    Returns (records in rate order, best rate, whether it is bracketed).
+    """
+    records = {rate: train(rate) for rate in sorted(set(rates))}
+    extensions = 0
+    while True:
+        best = best_rate(list(records.values()), threshold)
+        bracketed = min(records) < best < max(records)
+        if bracketed or extensions == max_extensions:
+            return [records[r] for r in sorted(records)], best, bracketed
+        edge = neighbour_rate(best, up=best == max(records))
+        records[edge] = train(edge)
+        extensions += 1
+
+
 def summarize(chosen, threshold):
     """Steps to the threshold per activation and seed, and the tanh / ReLU ratios."""
     steps = {a: {r["seed"]: steps_to(r["curve"], threshold) for r in chosen[a]}
@@ -220,6 +257,15 @@ def format_table(summary, chosen):
         if seed in summary["ratio_bounds"]:
             ratio = f"> {summary['ratio_bounds'][seed]:.2f}"
         lines.append(f"| {seed} | {cell(relu)} | {cell(tanh)} | {ratio} |")
+    for activation, sweep in summary.get("sweeps", {}).items():
+        runs = "; ".join(
+            f"{run['learning_rate']:g}: " + ("stuck at chance" if run["stuck"] else
+                                               f"{run['steps'] or 'not reached'} steps, final "
+                                               f"{100 * run['final_error']:.1f}%")
+            for run in sweep["runs"])
+        lines.append(f"\n{activation}'s sweep (seed {summary['seeds'][0]}): {runs}; the best "
+                     + ("has a worse rate on each side." if sweep["bracketed"]
+                        else "is still the sweep's edge: NOT bracketed."))
     if summary["ratio_mean"] is not None:
         spread = f" ± {summary['ratio_std']:.2f} (sd)" if summary["ratio_std"] else ""
         lines.append(f"\ntanh / ReLU: {summary['ratio_mean']:.2f}{spread} over "
@@ -237,14 +283,25 @@ def run(values):
     settings = dict(epochs=values.epochs, eval_every_steps=values.eval_every_steps,
                     error_examples=values.error_examples, examples=len(images))
     seeds = [int(s) for s in values.seeds]
-    chosen = {}
+    chosen, sweeps = {}, {}
     for activation in ACTIVATIONS:
-        sweep = [ensure_run(values.workdir, images, labels, activation, float(rate), seeds[0],
-                            settings) for rate in values.learning_rates]
-        rate = best_rate(sweep, values.threshold)
+        def train(rate, activation=activation):
+            return ensure_run(values.workdir, images, labels, activation, rate, seeds[0],
+                              settings)
+
+        sweep, rate, bracketed = bracketed_sweep(
+            train, [float(r) for r in values.learning_rates], values.threshold,
+            values.max_sweep_extensions)
+        sweeps[activation] = dict(bracketed=bracketed, runs=[
+            dict(learning_rate=r["learning_rate"], steps=steps_to(r["curve"], values.threshold),
+                 final_error=r["curve"][-1][1], stuck=r["diverged_at"] is not None)
+            for r in sweep])
+        if not bracketed:
+            print(f"warning: {activation}'s best rate {rate:g} is still the edge of its "
+                  f"sweep after {values.max_sweep_extensions} extensions.", file=sys.stderr)
         chosen[activation] = [ensure_run(values.workdir, images, labels, activation, rate,
                                          seed, settings) for seed in seeds]
-    summary = summarize(chosen, values.threshold)
+    summary = dict(summarize(chosen, values.threshold), sweeps=sweeps)
     table = format_table(summary, chosen)
     draw(chosen, summary, os.path.join(values.workdir, "figure1.png"))
     files.write_text_atomically(os.path.join(values.workdir, "figure1.md"), table)
@@ -274,6 +331,9 @@ if __name__ == "__main__":
     flags.DEFINE_list("learning_rates", ["0.001", "0.003", "0.01"],
                       "The rates swept for each activation.")
     flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the first one sweeps the rates.")
+    flags.DEFINE_integer("max_sweep_extensions", 3, "While an activation's best rate is the "
+                         "smallest or largest swept, the sweep goes on past it (0.01 -> "
+                         "0.03 -> 0.1), at most this many times.", lower_bound=0)
     flags.DEFINE_integer("epochs", 10, "Epochs per run.", lower_bound=1)
     flags.DEFINE_integer("eval_every_steps", 100, "Training error every N steps.", lower_bound=1)
     flags.DEFINE_integer("error_examples", 5000, "Training images the error is measured on.",

@@ -61,6 +61,43 @@ def test_steps_to_the_threshold_and_the_fastest_rate():
     assert figure1.best_rate([slow, diverged], 0.1) == 0.001
 
 
+def test_neighbour_rates_follow_the_1_3_10_sweep():
+    assert [figure1.neighbour_rate(r, up=True) for r in (0.001, 0.003, 0.01, 0.03)] == [
+        0.003, 0.01, 0.03, 0.1]
+    assert [figure1.neighbour_rate(r, up=False) for r in (0.001, 0.003, 0.01)] == [
+        0.0003, 0.001, 0.003]
+    assert figure1.neighbour_rate(0.002, up=True) == 0.006
+
+
+def sweep_with_best_at(best, rates, threshold=0.1):
+    """A bracketed_sweep over fake runs whose steps to the threshold grow with the
+    rate's distance from `best` (in 1-3-10 steps); returns it and the rates trained."""
+    trained = []
+
+    def train(rate):
+        trained.append(rate)
+        distance = abs(np.log10(rate) - np.log10(best))
+        return record("tanh", rate, 0, [(0, 0.9), (int(100 + 200 * distance), 0.05)])
+
+    return figure1.bracketed_sweep(train, rates, threshold, max_extensions=3), trained
+
+
+def test_the_sweep_extends_until_its_best_rate_has_a_worse_one_each_side():
+    rates = [0.001, 0.003, 0.01]
+    (records, best, bracketed), trained = sweep_with_best_at(0.003, rates)
+    assert (best, bracketed, trained) == (0.003, True, rates)
+    # The best past the largest: 0.03 is tried, then 0.1 which is slower than 0.03.
+    (records, best, bracketed), trained = sweep_with_best_at(0.03, rates)
+    assert (best, bracketed, trained) == (0.03, True, rates + [0.03, 0.1])
+    assert [r["learning_rate"] for r in records] == [0.001, 0.003, 0.01, 0.03, 0.1]
+    # Below the smallest.
+    (_, best, bracketed), trained = sweep_with_best_at(0.0003, rates)
+    assert (best, bracketed, trained) == (0.0003, True, rates + [0.0003, 0.0001])
+    # Never bracketed within 3 extensions: it says so.
+    (_, best, bracketed), trained = sweep_with_best_at(10.0, rates)
+    assert (best, bracketed, trained) == (0.3, False, rates + [0.03, 0.1, 0.3])
+
+
 def test_summary_ratios_table_and_figure(tmp_path):
     chosen = {
         "relu": [record("relu", 0.01, s, [(0, 0.9), (100 + 50 * s, 0.05)]) for s in (0, 1)],
