@@ -16,7 +16,6 @@ and export read with `load_stats`:
 
 import dataclasses
 import io
-import os
 import zipfile
 
 import numpy as np

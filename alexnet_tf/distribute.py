@@ -29,7 +29,7 @@ import socket
 import keras
 import tensorflow as tf
 
-from alexnet_tf import model as model_lib, ops
+from alexnet_tf import ops, placement
 
 from alexnet_tf.settings import (  # noqa: F401
     AUTO, ONE_DEVICE, TOWERS, MIRRORED, MULTI_WORKER, STRATEGIES,
@@ -199,17 +199,17 @@ def create_distribution(strategy=AUTO, devices=(), tower_devices=(), towers=2,
             where = (f"{workers} workers, this one {task['type']} {task.get('index', 0)}"
                      f"{' (chief)' if distribution.is_chief else ''}")
         elif name == MIRRORED:
-            model_lib.check_visible_devices(devices)
+            placement.check_visible_devices(devices)
             created = tf.distribute.MirroredStrategy(devices=list(devices) or None)
             distribution = Distribution(created, name, unplaced)
             where = ", ".join(distribution.devices)
         elif name == ONE_DEVICE:
             device = devices[0] if devices else ("/gpu:0" if num_gpus else "/cpu:0")
-            model_lib.check_visible_devices([device])
+            placement.check_visible_devices([device])
             distribution = Distribution(tf.distribute.OneDeviceStrategy(device), name, unplaced)
             where = device
         else:
-            placed = model_lib.resolve_tower_devices(tuple(tower_devices) or None, towers)
+            placed = placement.resolve_tower_devices(tuple(tower_devices) or None, towers)
             if None in placed:
                 raise DistributionError(
                     "--strategy=towers needs a device per tower: two visible GPUs, or "

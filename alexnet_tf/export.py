@@ -46,6 +46,7 @@ import numpy as np
 import tensorflow as tf
 
 from alexnet_tf import config as config_lib, files, model_dir, preprocessing
+from alexnet_tf import conv_gradients
 from alexnet_tf import model as model_lib
 
 TOP_K = 5
@@ -104,7 +105,7 @@ class ServingModule(tf.Module):
         }
 
     def _predict(self, crops):
-        with model_lib.forward_only():  # serving is never differentiated
+        with conv_gradients.forward_only():  # serving is never differentiated
             return self._predict_outputs(crops)
 
     def _predict_outputs(self, crops):

@@ -6,7 +6,7 @@ The paper trains a four-layer convolutional network on CIFAR-10 with ReLUs and w
 tanh units, "the learning rates for each network were chosen independently to make
 training as fast as possible. No regularization of any kind was employed", and plots
 training error against epochs: the ReLU network reaches 25% training error six times
-sooner. Here the same network (`model.build_figure1_net`, the authors' CIFAR-10
+sooner. Here the same network (`build_figure1_net`, the authors' CIFAR-10
 layout) learns Fashion-MNIST at 32x32 instead, CIFAR-10 not being available offline:
 28x28 grey images rescaled to 32 and repeated in three channels, the training set's
 mean image subtracted, no augmentation, no dropout, no weight decay, no LRN; the
@@ -32,6 +32,7 @@ ReLU, dashed tanh). Each run is written as WORKDIR/runs/ACTIVATION_lrRATE_seedS.
 when it finishes; rerunning skips the finished ones.
 """
 
+import itertools
 import json
 import math
 import os
@@ -42,13 +43,13 @@ import time
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from alexnet_tf import corrupt_images, data, files, input_pipeline, optim  # noqa: E402
-from alexnet_tf import preprocessing, trainer  # noqa: E402
-from alexnet_tf import model as model_lib  # noqa: E402
+from alexnet_tf import preprocessing, settings, trainer  # noqa: E402
 
 IMAGE_SIZE = 32  # CIFAR-10's
 BATCH_SIZE = 128
@@ -59,6 +60,50 @@ ACTIVATIONS = ("relu", "tanh")
 # A run whose training error is still this high after an epoch has not started to
 # learn at its rate (dead ReLUs, or a divergence); it stops there.
 STUCK_ERROR = 0.85
+
+
+# Figure 1's network (Section 3.1): "a four-layer convolutional neural network" on
+# CIFAR-10. The authors' CIFAR-10 configuration in cuda-convnet
+# (example-layers/layers-18pct.cfg, without its two response-normalization layers,
+# as the figure's caption has no regularization of any kind): three 5x5 convolutions
+# with zero padding 2, of 32, 32 and 64 kernels, each followed by 3x3 pooling at
+# stride 2, max after the first and average after the others, then one fully
+# connected layer to the classes. Weights N(0, sigma) with initW 0.0001 for conv1 and
+# 0.01 for the rest, biases 0 (cuda-convnet's default initB), for either activation.
+FIGURE1_CONV_FILTERS = (32, 32, 64)
+FIGURE1_KERNEL_SIZE = 5
+FIGURE1_WEIGHT_STDDEVS = (1e-4, 0.01, 0.01, 0.01)
+
+
+def build_figure1_net(num_classes=10, *, activation="relu", input_shape=(32, 32, 3), seed=None,
+                      name="figure1_net"):
+    """Figure 1's four-layer CNN (see FIGURE1_CONV_FILTERS), mean-subtracted images to
+    logits. cuda-convnet's pooling has ceil((size - 3) / 2) + 1 outputs, the last
+    window inside the image as far as it reaches: Keras' "same" pooling, which pads
+    only the bottom and right here (32 -> 16 -> 8 -> 4), and whose average counts only
+    what is inside.
+    """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    seeds = itertools.count(seed or 0)
+    images = keras.Input(shape=input_shape, name="images")
+    x = images
+    pools = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
+             keras.layers.AveragePooling2D)
+    for i, (filters, pool, stddev) in enumerate(zip(FIGURE1_CONV_FILTERS, pools,
+                                                      FIGURE1_WEIGHT_STDDEVS)):
+        x = keras.layers.Conv2D(
+            filters, FIGURE1_KERNEL_SIZE, padding="same", activation=activation,
+            kernel_initializer=keras.initializers.RandomNormal(
+                stddev=stddev, seed=None if seed is None else next(seeds)),
+            name=f"conv{i + 1}")(x)
+        x = pool(settings.PAPER_POOL_SIZE, settings.PAPER_POOL_STRIDE, padding="same", name=f"pool{i + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    logits = keras.layers.Dense(
+        num_classes, kernel_initializer=keras.initializers.RandomNormal(
+            stddev=FIGURE1_WEIGHT_STDDEVS[-1], seed=None if seed is None else next(seeds)),
+        name="fc")(x)
+    return keras.Model(images, logits, name=name)
 
 
 def load_training_images(data_dir, seed=0):
@@ -98,7 +143,7 @@ def train_run(images, labels, activation, learning_rate, seed, epochs, eval_ever
     chance (STUCK_ERROR)."""
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     with strategy.scope():
-        model = model_lib.build_figure1_net(int(labels.max()) + 1, activation=activation,
+        model = build_figure1_net(int(labels.max()) + 1, activation=activation,
                                             seed=seed)
         optimizer = optim.PaperMomentumSGD(model.trainable_variables, weight_decay=0.0)
     step_fn = trainer.make_train_step(model, optimizer, strategy, BATCH_SIZE)

@@ -10,27 +10,23 @@ Every layer of Figure 2 is one named layer of the model ("conv1", "lrn1", "pool1
 "fc7", whose output is the whole 4096-d feature of Figure 4, and the single-device
 "dropout7" and "fc8" after it.
 
-Placement: with `tower_devices`, every op of tower k runs on device k, forward and
-backward, and tensors cross between devices only where the paper's GPUs talk (the
-inputs of conv3 and of the fully connected layers). A `with tf.device(...)` around
-the model's construction would not do this: Keras does not replay it when the model
-runs, and a `tf.GradientTape` creates gradient ops with no device at all, so the
-default placer would put both towers' backward passes on one device. Each tower's
-computation is therefore a `tf.custom_gradient` function that runs its forward ops
-and its gradient ops under the tower's device (`_call_on_device`).
+The towers' placement on devices is `placement`'s, the convolutions' gradients
+`conv_gradients`'s, and the layers Keras lacks `layers`'; this module puts them
+together as Figure 2 draws them.
 """
 
-import contextlib
-import contextvars
 import dataclasses
 import itertools
 import math
 
 import keras
-import tensorflow as tf
 
-from alexnet_tf import layers as alexnet_layers
 from alexnet_tf import ops
+from alexnet_tf.layers import (  # noqa: F401
+    AcrossTowersLRN, CeilMaxPooling2D, LocalResponseNormalization, LRNSettings, OverhangConv2D,
+    PAPER_LRN, pool_outputs,
+)
+from alexnet_tf.placement import TowerParallel, device_scope, resolve_tower_devices
 from alexnet_tf.settings import (  # noqa: F401
     PAPER_TOWERS, PAPER_POOL_SIZE, PAPER_POOL_STRIDE, NON_OVERLAPPING_POOL_SIZE,
     PAPER_DROPOUT_RATE, MODEL_SIZES, ACTIVATIONS, WEIGHT_INITS, DTYPE_POLICIES,
@@ -69,27 +65,6 @@ PAPER_FAN_IN = {
     "fc7": 4096,
     "fc8": 4096,
 }
-
-@dataclasses.dataclass(frozen=True)
-class LRNSettings:
-    """The constants of the LRN layers (Section 3.3) and how they are applied.
-
-    alpha_convention: `ops.LRN_ALPHA_CONVENTIONS`. across_towers: normalize across all
-      of a layer's channels, as Caffe's bvlc_alexnet does (its window crosses the
-      boundary between the towers' maps); by default each tower normalizes its own,
-      as the authors' two-GPU network did, each GPU holding half of the maps.
-    """
-
-    depth_radius: int = ops.PAPER_LRN_DEPTH_RADIUS
-    bias: float = ops.PAPER_LRN_BIAS
-    alpha: float = ops.PAPER_LRN_ALPHA
-    beta: float = ops.PAPER_LRN_BETA
-    alpha_convention: str = ops.LRN_PAPER_TEXT
-    across_towers: bool = False
-
-
-PAPER_LRN = LRNSettings()
-
 
 @dataclasses.dataclass(frozen=True)
 class AlexNetSize:
@@ -147,309 +122,6 @@ SMALL_SIZE = AlexNetSize(
 SIZES = {"paper": PAPER_SIZE, "small": SMALL_SIZE}
 
 
-def _device_scope(device):
-    return contextlib.nullcontext() if device is None else tf.device(device)
-
-
-def _call_on_device(device, fn, inputs):
-    """fn(list of tensors) -> list of tensors, with its forward and gradient ops on device.
-
-    The gradient ops come from a tape recorded inside the forward pass, replayed in
-    the gradient function under the same device scope, so no op is left for the
-    default placer. Variables read by fn get their gradients the same way.
-    """
-    if device is None:
-        return fn(inputs)
-
-    scope = tf.get_current_name_scope()
-
-    @tf.custom_gradient
-    def forward(*xs):
-        with tf.device(device):
-            # Persistent so that an outer persistent tape may ask for gradients twice.
-            with tf.GradientTape(persistent=True) as tape:
-                tape.watch(xs)
-                ys = fn(list(xs))
-
-        def backward(*dys, variables=None):
-            sources = list(xs) + list(variables or ())
-            # Absolute, so that sums of gradients are named after the layer they belong to.
-            name_scope = (
-                tf.name_scope(f"gradient_tape/{scope}/") if scope else contextlib.nullcontext()
-            )
-            with tf.device(device), name_scope:
-                grads = tape.gradient(ys, sources, output_gradients=list(dys))
-            if variables is None:
-                return grads
-            return grads[: len(xs)], grads[len(xs) :]
-
-        return ys, backward
-
-    with tf.device(device):
-        return list(forward(*inputs))
-
-
-# Set while a graph that is never differentiated is traced (the export's serving
-# functions): the convolutions are then their forward ops alone, with no custom
-# gradient, which a SavedModel could not keep and its loader would warn about.
-_FORWARD_ONLY = contextvars.ContextVar("alexnet_tf_forward_only", default=False)
-
-
-@contextlib.contextmanager
-def forward_only():
-    """Within it, the network's layers build their forward ops only (the same ops and
-    values), without the custom gradients that training uses."""
-    token = _FORWARD_ONLY.set(True)
-    try:
-        yield
-    finally:
-        _FORWARD_ONLY.reset(token)
-
-
-def conv_bias_activation(conv, x, kernel, bias):
-    """conv.activation(conv.convolution_op(x, kernel) + bias), with the bias's gradient
-    summed apart from the kernel's.
-
-    Keras' Conv2D leaves BiasAddGrad beside the kernel's Conv2DBackpropFilter, and
-    TensorFlow's CPU graph rewriter fuses the two into oneDNN's
-    Conv2DBackpropFilterWithBias, which is slower than the kernel's gradient and a
-    sum apart (BENCHMARKS.md, "Where the step's time goes"). Here the bias's gradient
-    is a plain sum of the activation's gradient, which the rewriter leaves alone. The
-    forward pass is the same ops (fused with the bias and the activation as before).
-    Under mixed precision the bias's gradient is summed in float32. NHWC only.
-
-    A ReLU's gradient whose incoming gradient is an LRN's (conv1 and conv2 of the
-    paper's net) is taken in the LRN's gradient op, in the same pass
-    (`ops.relu_gradient_through_lrn`): the same values, one pass over the tensor fewer.
-    """
-    if _FORWARD_ONLY.get():
-        return conv.activation(tf.nn.bias_add(conv.convolution_op(x, kernel), bias))
-
-    @tf.custom_gradient
-    def forward(x, kernel, bias):
-        # Two tapes, so that eagerly each gradient below runs each op's gradient once.
-        # Persistent, so that an outer persistent tape may ask for gradients twice.
-        with tf.GradientTape(persistent=True) as conv_tape:
-            conv_tape.watch([x, kernel])
-            z = conv.convolution_op(x, kernel)
-        pre_activation = tf.nn.bias_add(z, bias)
-        with tf.GradientTape(persistent=True) as activation_tape:
-            activation_tape.watch(pre_activation)
-            y = conv.activation(pre_activation)
-
-        def backward(dy):
-            d_pre = None
-            if conv.activation is keras.activations.relu:
-                d_pre = ops.relu_gradient_through_lrn(dy, y)
-            if d_pre is None:
-                d_pre = activation_tape.gradient(y, pre_activation, output_gradients=dy)
-            if isinstance(conv, OverhangConv2D):
-                dx = conv_tape.gradient(z, x, output_gradients=d_pre)
-                d_kernel = conv.kernel_gradient(x, kernel, d_pre)
-            else:
-                dx, d_kernel = conv_tape.gradient(z, [x, kernel], output_gradients=d_pre)
-            d_bias = tf.reduce_sum(tf.cast(d_pre, tf.float32), axis=[0, 1, 2])
-            return dx, d_kernel, tf.cast(d_bias, bias.dtype)
-
-        return y, backward
-
-    return forward(x, kernel, bias)
-
-
-def _call_conv(conv, x):
-    """A built Conv2D of a tower on x, as `conv_bias_activation`."""
-    dtype = conv.compute_dtype
-    with tf.name_scope(conv.name):
-        return conv_bias_activation(conv, tf.cast(x, dtype), tf.cast(conv.kernel, dtype),
-                                    tf.cast(conv.bias, dtype))
-
-
-# Arguments of TowerParallel in the configs of models saved before conv1's towers
-# always ran apart; ignored when such a model is loaded.
-_RETIRED_TOWER_ARGUMENTS = ("fuse_unplaced", "channelwise", "split_output")
-
-
-@keras.saving.register_keras_serializable(package="alexnet_tf")
-class TowerParallel(keras.layers.Layer):
-    """One layer of Figure 2: a stack of Keras layers per tower, each on its own device.
-
-    Args:
-      stacks: one list of layers per tower, applied in order.
-      devices: one device name (or None: no placement) per tower.
-      merge_inputs: every tower takes the channel concatenation of all towers'
-        inputs (conv3 and the fully connected layers); otherwise tower k takes
-        input k, or the one input tensor all towers share.
-      concat_outputs: return the towers' outputs concatenated on devices[0] (fc7,
-        whose 4096-d output is the feature of Figure 4) instead of a list.
-
-    With placement, each input part j is first copied once per tower on device j,
-    so that the gradients coming back from the towers are summed on device j too.
-    Without it, the towers' ops are the same, unplaced, and TensorFlow runs two at
-    once where they are independent. conv1's towers too, though they read the same
-    images: one convolution of both towers' kernels, with the LRN and pooling run
-    once on its output, made the small net's training step 4 to 5% slower on a
-    2-core CPU (BENCHMARKS.md, "The training step").
-    """
-
-    def __init__(
-        self, stacks, devices, merge_inputs=False, concat_outputs=False, **kwargs,
-    ):
-        super().__init__(**kwargs)
-        if len(stacks) != len(devices):
-            raise ValueError(f"{len(stacks)} stacks for {len(devices)} devices {devices}")
-        self.stacks = [list(stack) for stack in stacks]
-        # Also each layer as an attribute: TensorFlow's checkpoints and SavedModels
-        # follow attributes, not layers inside nested lists.
-        for layer in (layer for stack in self.stacks for layer in stack):
-            setattr(self, layer.name, layer)
-        self.devices = tuple(devices)
-        self.merge_inputs = bool(merge_inputs)
-        self.concat_outputs = bool(concat_outputs)
-        self._placed = any(d is not None for d in self.devices)
-
-    @property
-    def towers(self):
-        return len(self.stacks)
-
-    def _tower_input_shapes(self, input_shape):
-        # One shape (a tuple, or a list once saved as JSON), or one shape per tower.
-        if not isinstance(input_shape[0], (list, tuple)):
-            return [tuple(input_shape)] * self.towers
-        parts = input_shape
-        if self.merge_inputs:
-            merged = tuple(parts[0][:-1]) + (sum(p[-1] for p in parts),)
-            return [merged] * self.towers
-        return [tuple(p) for p in parts]
-
-    def build(self, input_shape):
-        for device, stack, shape in zip(
-            self.devices, self.stacks, self._tower_input_shapes(input_shape)
-        ):
-            with _device_scope(device):
-                for layer in stack:
-                    if not layer.built:  # layers loaded from a saved model come built
-                        layer.build(shape)
-                    shape = layer.compute_output_shape(shape)
-
-    def _run_stack(self, k, x, training):
-        for layer in self.stacks[k]:
-            if (isinstance(layer, keras.layers.Conv2D) and layer.use_bias and layer.built
-                    and layer.data_format == "channels_last"):
-                x = _call_conv(layer, x)
-            else:
-                x = layer(x, training=training)
-        return x
-
-    def _fan_out(self, parts):
-        """copies[k][j]: input part j as tower k sees it (a copy made on device j)."""
-        per_part = [
-            _call_on_device(
-                self.devices[j], lambda xs: [tf.identity(xs[0]) for _ in self.stacks], [p]
-            )
-            for j, p in enumerate(parts)
-        ]
-        return [[copies[k] for copies in per_part] for k in range(self.towers)]
-
-    def call(self, inputs, training=None):
-        if isinstance(inputs, (list, tuple)) and len(inputs) == 1:
-            inputs = inputs[0]  # how a reloaded model passes one tensor
-        if not isinstance(inputs, (list, tuple)):
-            tower_inputs = [[inputs]] * self.towers
-        elif not self.merge_inputs:
-            tower_inputs = [[x] for x in inputs]
-        elif self._placed:
-            tower_inputs = self._fan_out(inputs)
-        else:
-            # One device: concatenate once for all towers.
-            tower_inputs = [[tf.concat(list(inputs), axis=-1)]] * self.towers
-
-        def tower_fn(k):
-            def fn(xs):
-                with tf.name_scope(f"tower{k}"):
-                    x = xs[0] if len(xs) == 1 else tf.concat(xs, axis=-1)
-                    return [self._run_stack(k, x, training)]
-
-            return fn
-
-        outputs = [
-            _call_on_device(self.devices[k], tower_fn(k), tower_inputs[k])[0]
-            for k in range(self.towers)
-        ]
-        if self.concat_outputs and len(outputs) > 1:
-            return _call_on_device(
-                self.devices[0], lambda xs: [tf.concat(xs, axis=-1)], outputs
-            )[0]
-        return outputs if len(outputs) > 1 else outputs[0]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            stacks=[[keras.saving.serialize_keras_object(l) for l in s] for s in self.stacks],
-            devices=list(self.devices),
-            merge_inputs=self.merge_inputs,
-            concat_outputs=self.concat_outputs,
-            autocast=self.autocast,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config):
-        config = {k: v for k, v in config.items() if k not in _RETIRED_TOWER_ARGUMENTS}
-        devices = config.pop("devices")
-        stacks = []
-        for device, stack in zip(devices, config.pop("stacks")):
-            with _device_scope(device):
-                stacks.append([keras.saving.deserialize_keras_object(l) for l in stack])
-        return cls(stacks, devices, **config)
-
-
-@keras.saving.register_keras_serializable(package="alexnet_tf")
-class OverhangConv2D(keras.layers.Conv2D):
-    """A "valid" Conv2D whose last windows may hang over the bottom and right edges.
-
-    cuda-convnet2 computes 1 + ceil((side - kernel) / stride) outputs and reads zeros
-    beyond the image, which is how the paper's 224 crop gives 55x55 at conv1. The
-    zeros are the convolution's explicit padding, so no padded copy of the batch is
-    made.
-
-    Args:
-      overhang: (rows, columns) of zeros below and to the right of the input.
-    """
-
-    def __init__(self, *args, overhang=(0, 0), **kwargs):
-        kwargs.pop("padding", None)
-        super().__init__(*args, padding="valid", **kwargs)
-        self.overhang = tuple(int(p) for p in overhang)
-
-    def convolution_op(self, inputs, kernel):
-        rows, cols = self.overhang
-        return tf.nn.conv2d(
-            inputs, kernel, strides=self.strides, padding=[[0, 0], [0, rows], [0, cols], [0, 0]]
-        )
-
-    def kernel_gradient(self, inputs, kernel, output_gradient):
-        """The kernel's gradient, computed on the input with the overhang's zeros
-        appended: TensorFlow's CPU kernel gradient with explicit padding is its generic
-        one, slower than oneDNN's on the padded copy (BENCHMARKS.md)."""
-        rows, cols = self.overhang
-        padded = tf.pad(inputs, [[0, 0], [0, rows], [0, cols], [0, 0]])
-        return tf.raw_ops.Conv2DBackpropFilter(
-            input=padded, filter_sizes=tf.shape(kernel), out_backprop=output_gradient,
-            strides=[1, *self.strides, 1], padding="VALID")
-
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        rows, cols = self.overhang
-        return super().compute_output_shape(
-            (n, None if h is None else h + rows, None if w is None else w + cols, c)
-        )
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(overhang=list(self.overhang))
-        return config
-
-
 def _overhang(side, kernel_size, stride):
     """Zeros past the edge for cuda-convnet2's 1 + ceil((side - kernel) / stride) outputs."""
     outputs = max(math.ceil((side - kernel_size) / stride), 0) + 1
@@ -480,48 +152,6 @@ def _spatial_after(side, kernel_size, stride, padding):
     if padding == "same":
         return math.ceil(side / stride)
     return (side - kernel_size) // stride + 1 if side >= kernel_size else 0
-
-
-def resolve_tower_devices(tower_devices, towers=PAPER_TOWERS):
-    """The device of each tower; None for a tower left to TensorFlow's placer.
-
-    Default (tower_devices=None): the first two GPUs if two towers are asked for and
-    two GPUs are visible, else no placement at all.
-
-    Raises:
-      ValueError: for a device count other than `towers`, or a name that is not a
-        device or not one of the visible logical devices.
-    """
-    if tower_devices is None:
-        gpus = tf.config.list_logical_devices("GPU")
-        if towers > 1 and len(gpus) >= towers:
-            return tuple(g.name for g in gpus[:towers])
-        return (None,) * towers
-    if isinstance(tower_devices, str) or len(tower_devices) != towers:
-        raise ValueError(
-            f"tower_devices must name one device per tower ({towers}), got {tower_devices!r}"
-        )
-    check_visible_devices([name for name in tower_devices if name is not None], "tower device")
-    return tuple(tower_devices)
-
-
-def check_visible_devices(names, what="device"):
-    """Raises ValueError for a name that is not a device, or not a visible logical one:
-    TensorFlow's soft placement would otherwise run its ops elsewhere, silently."""
-    logical = [d.name for d in tf.config.list_logical_devices()]
-
-    def type_and_index(name):
-        spec = tf.DeviceSpec.from_string(name)
-        return spec.device_type, spec.device_index or 0
-
-    visible = {type_and_index(name) for name in logical}
-    for name in names:
-        try:
-            requested = type_and_index(name)
-        except (ValueError, TypeError, AttributeError) as e:
-            raise ValueError(f"{what} {name!r} is not a device name: {e}") from e
-        if requested not in visible:
-            raise ValueError(f"{what} {name!r} is not one of the visible devices {logical}")
 
 
 def _check_split(what, count, parts):
@@ -569,73 +199,17 @@ def _check_arguments(num_classes, size, input_shape, options):
         _check_split(f"fc{i + 6} units", units, options.towers)
 
 
-def _pool_outputs(side, pool_size, stride, rule):
-    if side < pool_size:
-        return 0
-    if rule == "ceil":
-        return -(-(side - pool_size) // stride) + 1
-    return (side - pool_size) // stride + 1
-
-
 def _check_fits(input_shape, options, k1, s1, overhang):
     """Raises ValueError if nothing is left of the input after pool5."""
     side = min(s + p for s, p in zip(input_shape[:2], overhang))
     side = _spatial_after(side, k1, s1, "same" if options.conv1_padding == "same" else "valid")
     for _ in range(3):
-        side = _pool_outputs(side, options.pool_size, PAPER_POOL_STRIDE, options.pooling_rule)
+        side = pool_outputs(side, options.pool_size, PAPER_POOL_STRIDE, options.pooling_rule)
     if side < 1:
         raise ValueError(
             f"input_shape {input_shape} is too small for this net: nothing is left after "
             f"pool5 (conv1 kernel {k1}, stride {s1}, padding {options.conv1_padding!r})"
         )
-
-
-@keras.saving.register_keras_serializable(package="alexnet_tf")
-class CeilMaxPooling2D(keras.layers.MaxPooling2D):
-    """Max pooling with the "ceil" output rule of POOLING_RULES: the last window may hang
-    over the bottom and right edges, and takes the maximum of what is inside."""
-
-    def call(self, inputs):
-        extra = [max((_pool_outputs(side, k, s, "ceil") - 1) * s + k - side, 0)
-                 for side, k, s in zip(inputs.shape[1:3], self.pool_size, self.strides)]
-        padded = tf.pad(inputs, [[0, 0], [0, extra[0]], [0, extra[1]], [0, 0]],
-                        constant_values=inputs.dtype.min)
-        return super().call(padded)
-
-    def compute_output_shape(self, input_shape):
-        n, h, w, c = input_shape
-        k, s = self.pool_size, self.strides
-        return (n, _pool_outputs(h, k[0], s[0], "ceil"), _pool_outputs(w, k[1], s[1], "ceil"), c)
-
-
-@keras.saving.register_keras_serializable(package="alexnet_tf")
-class AcrossTowersLRN(keras.layers.Layer):
-    """LRN over the channels of all towers together, then split back into the towers'
-    parts (LRNSettings.across_towers: Caffe's norm1 and norm2). Runs where tower 0 runs."""
-
-    def __init__(self, lrn_settings, use_reference=False, **kwargs):
-        super().__init__(**kwargs)
-        settings = (lrn_settings if isinstance(lrn_settings, LRNSettings)
-                    else LRNSettings(**lrn_settings))
-        self.lrn_settings = settings
-        self.use_reference = bool(use_reference)
-        self.lrn = alexnet_layers.LocalResponseNormalization(
-            settings.depth_radius, settings.bias, settings.alpha, settings.beta,
-            use_reference=use_reference, alpha_convention=settings.alpha_convention,
-            dtype=self.dtype_policy, name=f"{self.name}_all")
-
-    def call(self, inputs):
-        sizes = [x.shape[-1] for x in inputs]
-        return tf.split(self.lrn(tf.concat(list(inputs), axis=-1)), sizes, axis=-1)
-
-    def compute_output_shape(self, input_shape):
-        return [tuple(shape) for shape in input_shape]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(lrn_settings=dataclasses.asdict(self.lrn_settings),
-                      use_reference=self.use_reference)
-        return config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -689,7 +263,7 @@ class _TowerLayers:
         stacks = []
         for k in range(n):
             # Layers are made under their device: Dropout makes its seed variable here.
-            with _device_scope(self.devices[k]):
+            with device_scope(self.devices[k]):
                 stacks.append(make(k))
         # No autocast at this level: each tower casts its own inputs on its own device.
         return TowerParallel(stacks, self.devices[:n], dtype=self.policy, autocast=False,
@@ -725,7 +299,7 @@ class _TowerLayers:
         if settings.across_towers and self.options.towers > 1:
             return AcrossTowersLRN(settings, use_reference=self.options.lrn_use_reference,
                                    dtype=self.policy, name=name)
-        return self._towers(name, lambda k: [alexnet_layers.LocalResponseNormalization(
+        return self._towers(name, lambda k: [LocalResponseNormalization(
             settings.depth_radius, settings.bias, settings.alpha, settings.beta,
             use_reference=self.options.lrn_use_reference,
             alpha_convention=settings.alpha_convention, dtype=self.policy,
@@ -867,46 +441,3 @@ def feature_model(model):
 def conv1_kernels(model):
     """conv1's kernels, one NumPy [k, k, 3, filters] array per tower, tower 0's first."""
     return [w.numpy() for w in model.get_layer("conv1").weights if len(w.shape) == 4]
-
-
-# Figure 1's network (Section 3.1): "a four-layer convolutional neural network" on
-# CIFAR-10. The authors' CIFAR-10 configuration in cuda-convnet
-# (example-layers/layers-18pct.cfg, without its two response-normalization layers,
-# as the figure's caption has no regularization of any kind): three 5x5 convolutions
-# with zero padding 2, of 32, 32 and 64 kernels, each followed by 3x3 pooling at
-# stride 2, max after the first and average after the others, then one fully
-# connected layer to the classes. Weights N(0, sigma) with initW 0.0001 for conv1 and
-# 0.01 for the rest, biases 0 (cuda-convnet's default initB), for either activation.
-FIGURE1_CONV_FILTERS = (32, 32, 64)
-FIGURE1_KERNEL_SIZE = 5
-FIGURE1_WEIGHT_STDDEVS = (1e-4, 0.01, 0.01, 0.01)
-
-
-def build_figure1_net(num_classes=10, *, activation="relu", input_shape=(32, 32, 3), seed=None,
-                      name="figure1_net"):
-    """Figure 1's four-layer CNN (see FIGURE1_CONV_FILTERS), mean-subtracted images to
-    logits. cuda-convnet's pooling has ceil((size - 3) / 2) + 1 outputs, the last
-    window inside the image as far as it reaches: Keras' "same" pooling, which pads
-    only the bottom and right here (32 -> 16 -> 8 -> 4), and whose average counts only
-    what is inside.
-    """
-    _check_choice("activation", activation, ACTIVATIONS)
-    seeds = itertools.count(seed or 0)
-    images = keras.Input(shape=input_shape, name="images")
-    x = images
-    pools = (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D,
-             keras.layers.AveragePooling2D)
-    for i, (filters, pool, stddev) in enumerate(zip(FIGURE1_CONV_FILTERS, pools,
-                                                      FIGURE1_WEIGHT_STDDEVS)):
-        x = keras.layers.Conv2D(
-            filters, FIGURE1_KERNEL_SIZE, padding="same", activation=activation,
-            kernel_initializer=keras.initializers.RandomNormal(
-                stddev=stddev, seed=None if seed is None else next(seeds)),
-            name=f"conv{i + 1}")(x)
-        x = pool(PAPER_POOL_SIZE, PAPER_POOL_STRIDE, padding="same", name=f"pool{i + 1}")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    logits = keras.layers.Dense(
-        num_classes, kernel_initializer=keras.initializers.RandomNormal(
-            stddev=FIGURE1_WEIGHT_STDDEVS[-1], seed=None if seed is None else next(seeds)),
-        name="fc")(x)
-    return keras.Model(images, logits, name=name)

@@ -9,11 +9,10 @@ import tensorflow as tf
 from absl import flags
 
 from alexnet_tf import data, figure1
-from alexnet_tf import model as model_lib
 
 
 def test_the_four_layer_net_is_the_authors_cifar_layout():
-    model = model_lib.build_figure1_net(10, seed=0)
+    model = figure1.build_figure1_net(10, seed=0)
     shapes = {layer.name: tuple(layer.output.shape[1:]) for layer in model.layers}
     # 5x5 convolutions with padding 2; 3x3 pools at stride 2 with ceil outputs.
     assert [shapes[n] for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "pool3")] == [
@@ -28,7 +27,7 @@ def test_the_four_layer_net_is_the_authors_cifar_layout():
         np.testing.assert_array_equal(bias, 0.0)
     for layer in ("conv1", "conv2", "conv3"):
         assert model.get_layer(layer).activation.__name__ == "relu"
-    tanh = model_lib.build_figure1_net(10, activation="tanh", seed=0)
+    tanh = figure1.build_figure1_net(10, activation="tanh", seed=0)
     assert tanh.get_layer("conv2").activation.__name__ == "tanh"
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from alexnet_tf import conv_gradients, layers, placement
 from alexnet_tf import model as alexnet_model
 from alexnet_tf import ops
 from alexnet_tf.model import build_alexnet
@@ -263,7 +264,7 @@ def test_small_model_gradients_are_tensorflows():
 def test_overhang_conv_gradients_are_tensorflows(activation, graph):
     """conv1 of the paper's geometry (stride 4, zeros hanging over the bottom and right
     edges): its own gradient, the kernel's on a padded copy, against TensorFlow's."""
-    conv = alexnet_model.OverhangConv2D(4, 5, strides=4, overhang=(2, 2), activation=activation)
+    conv = layers.OverhangConv2D(4, 5, strides=4, overhang=(2, 2), activation=activation)
     conv.build((None, 19, 19, 3))
     x = tf.random.stateless_normal([2, 19, 19, 3], seed=[5, 6])
     kernel = tf.random.stateless_normal([5, 5, 3, 4], seed=[7, 8])
@@ -281,7 +282,7 @@ def test_overhang_conv_gradients_are_tensorflows(activation, graph):
         return (y, *tape.gradient(y, [x, kernel, bias], output_gradients=dy))
 
     grads = {}
-    for name, fn in (("own", lambda *a: alexnet_model.conv_bias_activation(conv, *a)),
+    for name, fn in (("own", lambda *a: conv_gradients.conv_bias_activation(conv, *a)),
                      ("stock", stock)):
         grads[name] = (tf.function(with_gradients) if graph else with_gradients)(fn)
     assert grads["own"][0].shape == (2, 5, 5, 4)
@@ -371,7 +372,7 @@ def test_relu_gradient_stays_apart_where_the_output_has_another_use():
 
     def own(other_use):
         with tf.GradientTape() as tape:
-            y = alexnet_model.conv_bias_activation(conv, x, conv.kernel, conv.bias)
+            y = conv_gradients.conv_bias_activation(conv, x, conv.kernel, conv.bias)
             loss = loss_of(y, ops.local_response_normalization, other_use)
         return tape.gradient(loss, conv.kernel)
 
@@ -555,10 +556,10 @@ def test_placement_check_catches_gradients_left_without_device(monkeypatch):
     """A plain tf.device around each tower places its forward ops only (the bug fixed)."""
 
     def forward_only(device, fn, inputs):
-        with alexnet_model._device_scope(device):
+        with placement.device_scope(device):
             return fn(inputs)
 
-    monkeypatch.setattr(alexnet_model, "_call_on_device", forward_only)
+    monkeypatch.setattr(placement, "call_on_device", forward_only)
     model = build_alexnet(**SMALL, tower_devices=("/CPU:0", "/CPU:1"))
     problems, counts = _placement_violations(model)
     assert any("Conv2DBackpropFilter) has no device" in p for p in problems)
@@ -578,10 +579,10 @@ def test_placement_does_not_change_the_numbers():
 def test_default_placement_is_the_first_two_gpus_else_none():
     gpus = [g.name for g in tf.config.list_logical_devices("GPU")]
     expected = tuple(gpus[:2]) if len(gpus) >= 2 else (None, None)
-    assert alexnet_model.resolve_tower_devices(None) == expected
-    assert alexnet_model.resolve_tower_devices(None, towers=1) == (None,)
-    assert alexnet_model.resolve_tower_devices((None, None)) == (None, None)
-    assert alexnet_model.resolve_tower_devices(("/CPU:0", "/device:CPU:1")) == (
+    assert placement.resolve_tower_devices(None) == expected
+    assert placement.resolve_tower_devices(None, towers=1) == (None,)
+    assert placement.resolve_tower_devices((None, None)) == (None, None)
+    assert placement.resolve_tower_devices(("/CPU:0", "/device:CPU:1")) == (
         "/CPU:0",
         "/device:CPU:1",
     )
@@ -730,7 +731,7 @@ def test_ceil_pooling_keeps_the_last_window_that_hangs_over_the_edge():
     # 6 -> ceil((6 - 3) / 2) + 1 = 3 outputs, the last window over rows 4, 5 (and 6).
     x = tf.reshape(tf.range(36, dtype=tf.float32), [1, 6, 6, 1]) * tf.constant(
         [1.0, -1.0], shape=[1, 1, 1, 2])
-    pooled = alexnet_model.CeilMaxPooling2D(3, 2)(x).numpy()
+    pooled = layers.CeilMaxPooling2D(3, 2)(x).numpy()
     image = np.arange(36, dtype=np.float64).reshape(6, 6)
     for channel, sign in ((0, 1.0), (1, -1.0)):
         expected = [[(sign * image[r:r + 3, c:c + 3]).max() for c in (0, 2, 4)] for r in (0, 2, 4)]
