@@ -47,7 +47,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import files, model_dir, preprocessing, trainer  # noqa: E402
+from alexnet_tf import files, model_dir, preprocessing, settings, trainer  # noqa: E402
 
 DEFAULT_RECIPE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "small.flags"
@@ -519,61 +519,60 @@ def write_table(rows, budget, output, arms=None, ensemble=None):
 def _define_flags():
     from absl import flags
 
-    flags.DEFINE_string("data_dir", None, "The image folder (train/, val/, test/).",
-                        required=True)
-    flags.DEFINE_string("workdir", None, "One model directory per run goes here; rerunning "
-                        "skips finished runs and resumes the others.", required=True)
-    flags.DEFINE_string("output", None, "The table as Markdown (and JSON beside it, .json). "
-                        "Default: WORKDIR/table.md.")
-    flags.DEFINE_string("recipe", DEFAULT_RECIPE, "The training flagfile every run starts from.")
     known = "; ".join(f"{a.name}: {a.changed_setting}" for a in ABLATIONS)
-    flags.DEFINE_list("ablations", list(DEFAULT_ABLATIONS), "Which changed settings to run, "
-                      f"each one of the paper's choices changed, nothing else ({known}).")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "The seeds of every arm.")
-    flags.DEFINE_integer("train_steps", 0, "Steps per run (0: the recipe's budget).")
-    flags.DEFINE_boolean("ensemble", True, "Also evaluate the softmax average of the "
-                         "baseline's seeds (Table 2's ensembles) through alexnet_tf.evaluate.")
+    holders = [
+        flags.DEFINE_string("data_dir", None, "The image folder (train/, val/, test/).",
+                            required=True),
+        flags.DEFINE_string("workdir", None, "One model directory per run goes here; "
+                            "rerunning skips finished runs and resumes the others.",
+                            required=True),
+        flags.DEFINE_string("output", None, "The table as Markdown (and JSON beside it, "
+                            ".json). Default: WORKDIR/table.md."),
+        flags.DEFINE_string("recipe", DEFAULT_RECIPE,
+                            "The training flagfile every run starts from."),
+        flags.DEFINE_list("ablations", list(DEFAULT_ABLATIONS), "Which changed settings to "
+                          f"run, each one of the paper's choices changed, nothing else ({known})."),
+        flags.DEFINE_list("seeds", ["0", "1", "2"], "The seeds of every arm."),
+        flags.DEFINE_integer("train_steps", 0, "Steps per run (0: the recipe's budget)."),
+        flags.DEFINE_boolean("ensemble", True, "Also evaluate the softmax average of the "
+                             "baseline's seeds (Table 2's ensembles) through alexnet_tf.evaluate."),
+    ]
+    return {holder.name: holder for holder in holders}
 
 
-def main(argv):
-    from absl import flags
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
-    values = flags.FLAGS
-    unknown = [name for name in values.ablations if name not in ABLATIONS_BY_NAME]
+def main(values):
+    unknown = [name for name in values["ablations"] if name not in ABLATIONS_BY_NAME]
     if unknown:
         sys.exit(f"error: unknown --ablations {unknown}; known: {list(ABLATIONS_BY_NAME)}.")
-    ablations = [ABLATIONS_BY_NAME[name] for name in values.ablations]
+    ablations = [ABLATIONS_BY_NAME[name] for name in values["ablations"]]
     started = time.perf_counter()
     try:
-        seeds = [int(seed) for seed in values.seeds]
-        overrides = dict(data_dir=values.data_dir, export=False, eval_ten_crop=True)
-        if values.train_steps:
-            overrides["train_steps"] = values.train_steps
-        base_config = config_from_flagfile(values.recipe, **overrides)
-        log_hparams_config(values.workdir)
-        run_dirs = run_ablations(base_config, values.workdir, ablations, seeds)
+        seeds = [int(seed) for seed in values["seeds"]]
+        overrides = dict(data_dir=values["data_dir"], export=False, eval_ten_crop=True)
+        if values["train_steps"]:
+            overrides["train_steps"] = values["train_steps"]
+        base_config = config_from_flagfile(values["recipe"], **overrides)
+        log_hparams_config(values["workdir"])
+        run_dirs = run_ablations(base_config, values["workdir"], ablations, seeds)
     except trainer.Interrupted as e:
         print(str(e), file=sys.stderr)
-        sys.exit(75)
+        sys.exit(settings.EXIT_INTERRUPTED)
     except (OSError, ValueError, trainer.TrainingError) as e:
         sys.exit(f"error: {e}")
     records = records_of(run_dirs, base_config, ablations, seeds)
     rows = table_rows(records, ablations, seeds)
     arms = arm_rows(records, [BASELINE] + [a.name for a in ablations], seeds)
     ensemble = None
-    if values.ensemble and len(seeds) > 1:
-        ensemble = ensemble_of_seeds(run_dirs, seeds, values.data_dir,
+    if values["ensemble"] and len(seeds) > 1:
+        ensemble = ensemble_of_seeds(run_dirs, seeds, values["data_dir"],
                                      records[(BASELINE, seeds[0])]["errors"]["split"])
-    output = values.output or os.path.join(values.workdir, "table.md")
-    budget = describe_budget(base_config, records, seeds, values.recipe)
+    output = values["output"] or os.path.join(values["workdir"], "table.md")
+    budget = describe_budget(base_config, records, seeds, values["recipe"])
     print(write_table(rows, budget, output, arms, ensemble))
     print(f"Wrote {output} and its .json; {time.perf_counter() - started:.0f} s in all.")
 
 
 if __name__ == "__main__":
-    from absl import app
+    from alexnet_tf import command
 
-    _define_flags()
-    app.run(main)
+    command.run(main, _define_flags())

@@ -21,7 +21,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import inference, retrieve
+from alexnet_tf import command, inference, retrieve
 
 HIDDEN_UNITS = 512
 CODE_NOISE_STDDEV = 4.0  # in logit units: a logistic unit must pass about +-8 to stay put
@@ -157,4 +157,4 @@ if __name__ == "__main__":
                                       "(batches of 256).", lower_bound=1),
         "seed": flags.DEFINE_integer("seed", 0, "Seed of the auto-encoder."),
     }
-    inference.run_command(main, holders)
+    command.run(main, holders)

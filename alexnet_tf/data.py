@@ -27,7 +27,9 @@ from tqdm import tqdm
 
 from alexnet_tf import corrupt_images, files, input_pipeline, preprocessing
 
-from alexnet_tf.settings import DATASETS, IMAGE_FOLDER, IMAGENET2012, SYNTHETIC  # noqa: F401
+from alexnet_tf.settings import (  # noqa: F401
+    DATASETS, IMAGE_FOLDER, IMAGENET2012, SPLITS, SYNTHETIC, TEST, TRAIN, VALIDATION,
+)
 
 IMAGENET_TRAIN_TAR = "ILSVRC2012_img_train.tar"
 IMAGENET_VALIDATION_TAR = "ILSVRC2012_img_val.tar"
@@ -35,8 +37,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 TRAIN_FOLDER = "train"
 VALIDATION_FOLDER = "val"
 TEST_FOLDER = "test"
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-SPLITS = (TRAIN, VALIDATION, TEST)
 
 
 @dataclasses.dataclass(frozen=True)

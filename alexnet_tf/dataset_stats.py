@@ -16,12 +16,13 @@ and export read with `load_stats`:
 
 import dataclasses
 import io
+import sys
 import zipfile
 
 import numpy as np
 import tensorflow as tf
 import tqdm
-from absl import app, flags
+from absl import flags
 
 from alexnet_tf import corrupt_images, data, files, input_pipeline, preprocessing
 
@@ -228,35 +229,11 @@ def compute_and_save(
     return stats, source.corrupt_count()
 
 
-def _define_flags():
-    """The command's flags, defined only when this module runs as a program."""
-    return {
-        "dataset": flags.DEFINE_enum("dataset", None, list(data.DATASETS), "Data source."),
-        "data_dir": flags.DEFINE_string(
-            "data_dir", None, "TFDS data dir, or the image folder root."
-        ),
-        "manual_dir": flags.DEFINE_string(
-            "manual_dir", None, "Directory with the ILSVRC-2012 tars."
-        ),
-        "output": flags.DEFINE_string("output", None, "Where to write the statistics (.npz)."),
-        "image_size": flags.DEFINE_integer(
-            "image_size", preprocessing.PAPER_IMAGE_SIZE, "Side of the central square."
-        ),
-        "max_examples": flags.DEFINE_integer(
-            "max_examples", None, "Use a random subset of this many training images."
-        ),
-        "seed": flags.DEFINE_integer("seed", 0, "Seed of the file order and of the subset."),
-    }
-
-
-def _main(argv, flag_holders):
-    if len(argv) > 1:
-        raise SystemExit(f"Unexpected arguments: {argv[1:]}")
-    values = {name: holder.value for name, holder in flag_holders.items()}
-    for required in ("dataset", "data_dir", "output"):
-        if values[required] is None:
-            raise SystemExit(f"--{required} is required.")
-    stats, corrupt = compute_and_save(**values)
+def main(values):
+    try:
+        stats, corrupt = compute_and_save(**values)
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {e}")
     print(f"images: {stats.num_examples}, skipped as corrupt: {corrupt}")
     print(f"mean RGB: {np.round(stats.mean_rgb, 3).tolist()}")
     print(f"eigenvalues: {np.round(stats.eigenvalues, 3).tolist()}")
@@ -266,5 +243,15 @@ def _main(argv, flag_holders):
 
 
 if __name__ == "__main__":
-    _holders = _define_flags()
-    app.run(lambda argv: _main(argv, _holders))
+    from alexnet_tf import command
+
+    command.run(main, {
+        **command.data_flags(flags, required=True),
+        "output": flags.DEFINE_string("output", None, "Where to write the statistics (.npz).",
+                                      required=True),
+        "image_size": flags.DEFINE_integer("image_size", preprocessing.PAPER_IMAGE_SIZE,
+                                           "Side of the central square."),
+        "max_examples": flags.DEFINE_integer(
+            "max_examples", None, "Use a random subset of this many training images."),
+        "seed": flags.DEFINE_integer("seed", 0, "Seed of the file order and of the subset."),
+    })

@@ -18,18 +18,11 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from alexnet_tf import inference
+from alexnet_tf import command, inference, optim
 
 TOP_KS = (1, 5)  # Section 6 reports top-1 and top-5 error rates
 ENSEMBLE = "ensemble"
 _MODE_TITLES = {inference.CENTER: "centre", inference.TEN_CROP: "10-crop"}
-
-
-def missed_top_k(probabilities, labels, k):
-    """bool [N]: the label is not among the k most probable classes. Classes tied with
-    the label count in its favour, as in tf.math.in_top_k."""
-    label_probabilities = probabilities[np.arange(len(labels)), labels]
-    return (probabilities > label_probabilities[:, None]).sum(axis=1) >= k
 
 
 def _errors(misses, count):
@@ -67,7 +60,7 @@ def evaluate(models, source, split="validation", batch_size=64, max_examples=Non
             probabilities[(ENSEMBLE, mode)] = np.mean(
                 [probabilities[(i, mode)] for i in range(len(models))], axis=0)
         for key, p in probabilities.items():
-            misses[key] += [int(missed_top_k(p, labels, k).sum()) for k in TOP_KS]
+            misses[key] += [int(optim.top_k_misses(p, labels, k)) for k in TOP_KS]
             if keep_probabilities:
                 kept[key].append(p)
         kept_labels.append(labels)
@@ -137,10 +130,11 @@ if __name__ == "__main__":
     holders = {
         **inference.define_model_flags(flags, "Also write the errors as JSON here.",
                                        multiple=True),
-        **inference.define_dataset_flags(flags),
+        **command.data_flags(flags, "default: the first model directory's",
+                             split_default="validation"),
         "batch_size": flags.DEFINE_integer("batch_size", 64, "Images per batch.", lower_bound=1),
         "max_examples": flags.DEFINE_integer("max_examples", None, "Evaluate on the first N "
                                              "images of the split only.", lower_bound=1),
     }
     flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
-    inference.run_command(main, holders)
+    command.run(main, holders)

@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import config as config_lib, files, model_dir, preprocessing
+from alexnet_tf import files, model_dir, preprocessing
 from alexnet_tf import conv_gradients
 from alexnet_tf import model as model_lib
 
@@ -109,19 +109,12 @@ class ServingModule(tf.Module):
             return self._predict_outputs(crops)
 
     def _predict_outputs(self, crops):
+        count = 10 if self.ten_crop else 1
         if self.ten_crop:
-            flat = tf.reshape(crops, [-1, self.crop_size, self.crop_size, 3])
-            logits, features = self._logits_and_features(flat, training=False)
-            probabilities = tf.reduce_mean(
-                tf.reshape(tf.nn.softmax(tf.cast(logits, tf.float32)),
-                           [-1, 10, tf.shape(logits)[-1]]), axis=1)
-            features = tf.reduce_mean(
-                tf.reshape(tf.cast(features, tf.float32), [-1, 10, tf.shape(features)[-1]]),
-                axis=1)
-        else:
-            logits, features = self._logits_and_features(crops, training=False)
-            probabilities = tf.nn.softmax(tf.cast(logits, tf.float32))
-            features = tf.cast(features, tf.float32)
+            crops = model_lib.flatten_crops(crops)
+        logits, features = self._logits_and_features(crops, training=False)
+        probabilities = model_lib.crop_probabilities(logits, count)
+        features = model_lib.average_over_crops(features, count)
         k = min(TOP_K, probabilities.shape[-1])
         top = tf.math.top_k(probabilities, k=k)
         return {
@@ -287,33 +280,36 @@ def export_from_model_dir(workdir, output=None, ten_crop=False, keep_custom_op=F
                               max_image_pixels=max_image_pixels, tflite=tflite)
 
 
-def main(argv):
-    from absl import flags
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
-    f = flags.FLAGS
+def main(values):
     try:
-        path = export_from_model_dir(f.model_dir, f.output, f.ten_crop, f.keep_custom_op,
-                                     f.overwrite, f.max_image_pixels, f.tflite)
+        path = export_from_model_dir(
+            values["model_dir"], values["output"], values["ten_crop"], values["keep_custom_op"],
+            values["overwrite"], values["max_image_pixels"], values["tflite"])
     except (model_dir.TrainingError, OSError) as e:
         sys.exit(f"error: {e}")
-    print(f"Exported {f.model_dir} to {path}")
+    print(f"Exported {values['model_dir']} to {path}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
-    flags.DEFINE_string("model_dir", None, "A training run's model directory.", required=True)
-    flags.DEFINE_string("output", None, "Where to write the SavedModel (default MODEL_DIR/export); "
-                        "must not exist, or be an earlier export with --overwrite.")
-    flags.DEFINE_bool("ten_crop", False, "Average the softmax over ten crops.")
-    flags.DEFINE_bool("keep_custom_op", False,
-                      "Keep the compiled LRN op (loaders must load alexnet_tf's library).")
-    flags.DEFINE_bool("overwrite", False, "Replace an earlier export of this command at --output.")
-    flags.DEFINE_integer("max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS,
-                         "serving_default refuses an image whose header declares more pixels, "
-                         "before decoding it.", lower_bound=1)
-    flags.DEFINE_bool("tflite", False, f"Also write {TFLITE_FILE}: serve_images as a LiteRT "
-                      "model.")
-    app.run(main, flags_parser=config_lib.parse_flags)
+    from alexnet_tf import command
+
+    command.run(main, {
+        "model_dir": flags.DEFINE_string("model_dir", None, "A training run's model directory.",
+                                         required=True),
+        "output": flags.DEFINE_string(
+            "output", None, "Where to write the SavedModel (default MODEL_DIR/export); must "
+            "not exist, or be an earlier export with --overwrite."),
+        "ten_crop": flags.DEFINE_bool("ten_crop", False, "Average the softmax over ten crops."),
+        "keep_custom_op": flags.DEFINE_bool(
+            "keep_custom_op", False,
+            "Keep the compiled LRN op (loaders must load alexnet_tf's library)."),
+        "overwrite": flags.DEFINE_bool(
+            "overwrite", False, "Replace an earlier export of this command at --output."),
+        "max_image_pixels": flags.DEFINE_integer(
+            "max_image_pixels", DEFAULT_MAX_IMAGE_PIXELS, "serving_default refuses an image "
+            "whose header declares more pixels, before decoding it.", lower_bound=1),
+        "tflite": flags.DEFINE_bool(
+            "tflite", False, f"Also write {TFLITE_FILE}: serve_images as a LiteRT model."),
+    })

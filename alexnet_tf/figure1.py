@@ -324,66 +324,69 @@ def format_table(summary, chosen):
 
 
 def run(values):
-    images, labels, _ = load_training_images(values.data_dir)
-    settings = dict(epochs=values.epochs, eval_every_steps=values.eval_every_steps,
-                    error_examples=values.error_examples, examples=len(images))
-    seeds = [int(s) for s in values.seeds]
+    images, labels, _ = load_training_images(values["data_dir"])
+    recipe = dict(epochs=values["epochs"], eval_every_steps=values["eval_every_steps"],
+                  error_examples=values["error_examples"], examples=len(images))
+    seeds = [int(s) for s in values["seeds"]]
     chosen, sweeps = {}, {}
     for activation in ACTIVATIONS:
         def train(rate, activation=activation):
-            return ensure_run(values.workdir, images, labels, activation, rate, seeds[0],
-                              settings)
+            return ensure_run(values["workdir"], images, labels, activation, rate, seeds[0],
+                              recipe)
 
         sweep, rate, bracketed = bracketed_sweep(
-            train, [float(r) for r in values.learning_rates], values.threshold,
-            values.max_sweep_extensions)
+            train, [float(r) for r in values["learning_rates"]], values["threshold"],
+            values["max_sweep_extensions"])
         sweeps[activation] = dict(bracketed=bracketed, runs=[
-            dict(learning_rate=r["learning_rate"], steps=steps_to(r["curve"], values.threshold),
+            dict(learning_rate=r["learning_rate"], steps=steps_to(r["curve"], values["threshold"]),
                  final_error=r["curve"][-1][1], stuck=r["diverged_at"] is not None)
             for r in sweep])
         if not bracketed:
             print(f"warning: {activation}'s best rate {rate:g} is still the edge of its "
-                  f"sweep after {values.max_sweep_extensions} extensions.", file=sys.stderr)
-        chosen[activation] = [ensure_run(values.workdir, images, labels, activation, rate,
-                                         seed, settings) for seed in seeds]
-    summary = dict(summarize(chosen, values.threshold), sweeps=sweeps)
+                  f"sweep after {values['max_sweep_extensions']} extensions.", file=sys.stderr)
+        chosen[activation] = [ensure_run(values["workdir"], images, labels, activation, rate,
+                                         seed, recipe) for seed in seeds]
+    summary = dict(summarize(chosen, values["threshold"]), sweeps=sweeps)
     table = format_table(summary, chosen)
-    draw(chosen, summary, os.path.join(values.workdir, "figure1.png"))
-    files.write_text_atomically(os.path.join(values.workdir, "figure1.md"), table)
-    files.write_text_atomically(os.path.join(values.workdir, "figure1.json"),
+    draw(chosen, summary, os.path.join(values["workdir"], "figure1.png"))
+    files.write_text_atomically(os.path.join(values["workdir"], "figure1.md"), table)
+    files.write_text_atomically(os.path.join(values["workdir"], "figure1.json"),
                                 json.dumps(summary, indent=2))
     print(table)
-    print(f"wrote {values.workdir}/figure1.png, figure1.md and figure1.json")
+    print(f"wrote {values['workdir']}/figure1.png, figure1.md and figure1.json")
     return summary
 
 
-def main(argv):
-    from absl import flags
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
+def main(values):
     try:
-        run(flags.FLAGS)
+        run(values)
     except (OSError, ValueError) as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
-    flags.DEFINE_string("data_dir", None, "An image folder (train/ is used).", required=True)
-    flags.DEFINE_string("workdir", None, "Runs, table and figure go here.", required=True)
-    flags.DEFINE_list("learning_rates", ["0.001", "0.003", "0.01"],
-                      "The rates swept for each activation.")
-    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the first one sweeps the rates.")
-    flags.DEFINE_integer("max_sweep_extensions", 3, "While an activation's best rate is the "
-                         "smallest or largest swept, the sweep goes on past it (0.01 -> "
-                         "0.03 -> 0.1), at most this many times.", lower_bound=0)
-    flags.DEFINE_integer("epochs", 10, "Epochs per run.", lower_bound=1)
-    flags.DEFINE_integer("eval_every_steps", 100, "Training error every N steps.", lower_bound=1)
-    flags.DEFINE_integer("error_examples", 5000, "Training images the error is measured on.",
-                         lower_bound=1)
-    # On Fashion-MNIST the ReLU net needs about 2 epochs to reach 12%, as Figure 1's
-    # needed several to reach 25% on CIFAR-10 (BENCHMARKS.md).
-    flags.DEFINE_float("threshold", 0.12, "The training error whose first crossing counts.")
-    app.run(main)
+    from alexnet_tf import command
+
+    holders = [
+        flags.DEFINE_string("data_dir", None, "An image folder (train/ is used).",
+                            required=True),
+        flags.DEFINE_string("workdir", None, "Runs, table and figure go here.", required=True),
+        flags.DEFINE_list("learning_rates", ["0.001", "0.003", "0.01"],
+                          "The rates swept for each activation."),
+        flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; the first one sweeps the rates."),
+        flags.DEFINE_integer("max_sweep_extensions", 3, "While an activation's best rate is "
+                             "the smallest or largest swept, the sweep goes on past it (0.01 "
+                             "-> 0.03 -> 0.1), at most this many times.", lower_bound=0),
+        flags.DEFINE_integer("epochs", 10, "Epochs per run.", lower_bound=1),
+        flags.DEFINE_integer("eval_every_steps", 100, "Training error every N steps.",
+                             lower_bound=1),
+        flags.DEFINE_integer("error_examples", 5000, "Training images the error is measured "
+                             "on.", lower_bound=1),
+        # On Fashion-MNIST the ReLU net needs about 2 epochs to reach 12%, as Figure 1's
+        # needed several to reach 25% on CIFAR-10 (BENCHMARKS.md).
+        flags.DEFINE_float("threshold", 0.12, "The training error whose first crossing "
+                           "counts."),
+    ]
+    command.run(main, {holder.name: holder for holder in holders})

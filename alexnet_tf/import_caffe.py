@@ -331,14 +331,10 @@ def import_caffe(caffemodel, output, prototxt=None, mean=None):
     return output
 
 
-def main(argv):
-    from absl import flags
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
-    values = flags.FLAGS
+def main(values):
     try:
-        output = import_caffe(values.caffemodel, values.output, values.prototxt, values.mean)
+        output = import_caffe(values["caffemodel"], values["output"], values["prototxt"],
+                              values["mean"])
     except (caffe_proto.CaffeFormatError, FileExistsError, OSError) as e:
         sys.exit(f"error: {e}")
     print(f"wrote {output}: bvlc_alexnet as a model directory (evaluate, predict, export, "
@@ -346,13 +342,17 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
-    flags.DEFINE_string("caffemodel", None, "bvlc_alexnet.caffemodel (either of Caffe's "
-                        "formats).", required=True)
-    flags.DEFINE_string("prototxt", None, "deploy.prototxt, to check the net against.")
-    flags.DEFINE_string("mean", None, "imagenet_mean.binaryproto (default: Caffe's "
-                        "per-channel means).")
-    flags.DEFINE_string("output", None, "The model directory to write; must not exist.",
-                        required=True)
-    app.run(main, flags_parser=config_lib.parse_flags)
+    from alexnet_tf import command
+
+    command.run(main, {
+        "caffemodel": flags.DEFINE_string("caffemodel", None, "bvlc_alexnet.caffemodel "
+                                          "(either of Caffe's formats).", required=True),
+        "prototxt": flags.DEFINE_string("prototxt", None,
+                                        "deploy.prototxt, to check the net against."),
+        "mean": flags.DEFINE_string("mean", None, "imagenet_mean.binaryproto (default: "
+                                    "Caffe's per-channel means)."),
+        "output": flags.DEFINE_string("output", None, "The model directory to write; must "
+                                      "not exist.", required=True),
+    })

@@ -254,33 +254,3 @@ def define_model_flags(flags, output_help, output_required=False, multiple=False
                                      required=True)
     output = flags.DEFINE_string("output", None, output_help, required=output_required)
     return {"model_dir": models, "output": output}
-
-
-def define_dataset_flags(flags, split_default="validation"):
-    return {
-        "dataset": flags.DEFINE_enum(
-            "dataset", None, list(data.DATASETS),
-            "As for alexnet_tf.train; default: the first model directory's."),
-        "data_dir": flags.DEFINE_string(
-            "data_dir", None, "TFDS data directory or image folder root; default: the first "
-            "model directory's."),
-        "manual_dir": flags.DEFINE_string(
-            "manual_dir", None, "imagenet2012: where the ILSVRC-2012 tars are."),
-        "split": flags.DEFINE_enum("split", split_default, list(SPLITS), "Which split."),
-    }
-
-
-def run_command(main, holders, positional=None):
-    """Runs main(values) under absl: `values` holds the FlagHolders' values by name and,
-    if `positional` names it, the positional arguments; otherwise these are refused."""
-    from absl import app
-
-    def run(argv):
-        values = {name: holder.value for name, holder in holders.items()}
-        if positional:
-            values[positional] = argv[1:]
-        elif len(argv) > 1:
-            raise SystemExit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
-        main(values)  # what it returns is for callers in Python; the exit status is 0
-
-    app.run(run)

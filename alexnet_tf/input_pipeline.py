@@ -38,7 +38,7 @@ def one_thread_per_image(dataset):
 
     The per-image work is small (a 224x224 resize, a few 3-vectors), so splitting an op
     over TensorFlow's intra-op threads costs more than it saves while other images
-    wait: on 2 cores the training pipeline ran about 10% faster with this.
+    wait.
     """
     options = tf.data.Options()
     options.threading.max_intra_op_parallelism = 1
@@ -50,8 +50,8 @@ def without_autotuning(dataset):
 
     In TensorFlow 2.21 destroying an iterator can wait for that thread to wake by itself,
     and its wake-ups back off to one a minute: the trainer, which ends an iterator at
-    every epoch and evaluation, stalled 20-100 s at about one epoch end in three or four
-    (BENCHMARKS.md has the stack). Without it, AUTOTUNE parallelism is one call per core
+    every epoch and evaluation, stalled at epoch ends (BENCHMARKS.md, "The README's
+    command, five seeds", has the stack). Without it, AUTOTUNE parallelism is one call per core
     (at most 16) and AUTOTUNE prefetch buffers grow whenever the consumer finds them
     empty.
     """

@@ -20,6 +20,7 @@ import itertools
 import math
 
 import keras
+import tensorflow as tf
 
 from alexnet_tf import ops
 from alexnet_tf.layers import (  # noqa: F401
@@ -436,6 +437,24 @@ def build_alexnet(
 def feature_model(model):
     """The model from images to the 4096-d fc7 feature (Figure 4, right), sharing weights."""
     return keras.Model(model.inputs, model.get_layer("fc7").output, name=f"{model.name}_fc7")
+
+
+def flatten_crops(images):
+    """[N, crops, H, W, C] images -> [N * crops, H, W, C], each image's crops in a row."""
+    return tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
+
+
+def average_over_crops(outputs, crops):
+    """[N * crops, D] outputs, each image's crops in a row -> [N, D] float32, the mean of
+    each image's (Section 4.1: the softmax "averaged over the ten patches")."""
+    outputs = tf.cast(outputs, tf.float32)
+    return tf.reduce_mean(tf.reshape(outputs, [-1, crops, tf.shape(outputs)[-1]]), axis=1)
+
+
+def crop_probabilities(logits, crops=1):
+    """[N * crops, classes] logits -> [N, classes] float32: each image's softmax,
+    averaged over its crops."""
+    return average_over_crops(tf.nn.softmax(tf.cast(logits, tf.float32)), crops)
 
 
 def conv1_kernels(model):

@@ -285,7 +285,9 @@ def resize_flip_and_normalize(region, size, mean_image, mean_offset, flip, rgb, 
       rgb: float32 [3], added to every pixel (the PCA lighting vector).
 
     Returns:
-      float32 [size, size, 3]: `resize_flip_and_normalize_reference`'s value.
+      float32 [size, size, 3]: the resized region less the mean image's window at
+      mean_offset, mirrored if flip, plus rgb (tests/references.py does the same in
+      plain TensorFlow, one op a step).
 
     Raises:
       tf.errors.InvalidArgumentError: for a region that is not a non-empty
@@ -362,15 +364,3 @@ def augmentation_draws(index, lighting_basis, seed, image_size, crop_size, light
         crop_size=int(crop_size),
         lighting_stddev=float(lighting_stddev),
     )
-
-
-def resize_flip_and_normalize_reference(region, size, mean_image, mean_offset, flip, rgb):
-    """`resize_flip_and_normalize` as standard TensorFlow ops, one pass each."""
-    resized = tf.image.resize(tf.cast(region, tf.float32), [size, size])
-    mean_offset = tf.cast(mean_offset, tf.int32)
-    mean = tf.slice(tf.cast(mean_image, tf.float32), [mean_offset[0], mean_offset[1], 0],
-                    [size, size, 3])
-    crop = resized - mean
-    crop = tf.cond(tf.convert_to_tensor(flip, tf.bool), lambda: tf.reverse(crop, [1]),
-                   lambda: crop)
-    return crop + tf.reshape(tf.cast(rgb, tf.float32), [1, 1, 3])

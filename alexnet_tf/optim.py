@@ -86,8 +86,8 @@ class PaperMomentumSGD(tf.Module):
     def _update(self, gradients, variables, learning_rate):
         # v <- m v - lr (g + d w) = m v - d lr w - lr g, then w <- w + v: TensorFlow's
         # fused momentum kernel, one pass over each variable and its velocity, where
-        # separate ops would read and write the weights several times (about 4% of the
-        # paper net's step on the CPU; tools/bench_train_step.py).
+        # separate ops would read and write the weights several times
+        # (tools/bench_train_step.py times both).
         for gradient, variable, velocity, decay in zip(
             gradients, variables, self.velocities, self._decays
         ):
@@ -256,8 +256,3 @@ def top_k_misses(logits, labels, k):
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
     hits = tf.math.in_top_k(labels, tf.cast(logits, tf.float32), k)
     return tf.reduce_sum(1.0 - tf.cast(hits, tf.float32))
-
-
-def top_k_error(logits, labels, k):
-    """Fraction of examples whose label is not among the k highest scores."""
-    return top_k_misses(logits, labels, k) / tf.cast(tf.size(labels), tf.float32)

@@ -85,8 +85,8 @@ class TowerParallel(keras.layers.Layer):
     Without it, the towers' ops are the same, unplaced, and TensorFlow runs two at
     once where they are independent. conv1's towers too, though they read the same
     images: one convolution of both towers' kernels, with the LRN and pooling run
-    once on its output, made the small net's training step 4 to 5% slower on a
-    2-core CPU (BENCHMARKS.md, "The training step").
+    once on its output, made the training step slower (BENCHMARKS.md, "The training
+    step").
     """
 
     def __init__(

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from alexnet_tf import files, inference
+from alexnet_tf import command, files, inference
 
 TOP_K = 5  # Figure 4 shows the five most probable labels
 BATCH_SIZE = 64
@@ -282,4 +282,4 @@ if __name__ == "__main__":
                                     "order (default: the image's folder name, if a class)."),
     }
     flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
-    inference.run_command(main, holders, positional="images")
+    command.run(main, holders, positional="images")

@@ -151,34 +151,36 @@ def prepare_synthetic(output):
     return counts
 
 
-def main(argv):
-    from absl import flags
-
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
-    values = flags.FLAGS
+def main(values):
     try:
-        if values.source == "fashion_mnist":
-            counts = prepare_fashion_mnist(values.output, values.source_dir or FASHION_MNIST_DIR,
-                                           values.seed, values.train_per_class)
+        if values["source"] == "fashion_mnist":
+            counts = prepare_fashion_mnist(
+                values["output"], values["source_dir"] or FASHION_MNIST_DIR, values["seed"],
+                values["train_per_class"])
         else:
-            if values.train_per_class:
+            if values["train_per_class"]:
                 raise PrepareError("--train_per_class applies to --source=fashion_mnist.")
-            counts = prepare_synthetic(values.output)
+            counts = prepare_synthetic(values["output"])
     except (PrepareError, FileExistsError, OSError) as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {values.output}: " + ", ".join(f"{k}/ {v}" for k, v in counts.items()))
+    print(f"wrote {values['output']}: " + ", ".join(f"{k}/ {v}" for k, v in counts.items()))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
-    flags.DEFINE_enum("source", "fashion_mnist", ["fashion_mnist", "synthetic"], "What to write.")
-    flags.DEFINE_string("output", None, "Directory to write train/, val/ (and test/) into.",
-                        required=True)
-    flags.DEFINE_string("source_dir", None,
-                        f"Where the IDX files are (default {FASHION_MNIST_DIR}).")
-    flags.DEFINE_integer("seed", 0, "Chooses the validation images (and the training subset).")
-    flags.DEFINE_integer("train_per_class", None, "Keep this many training images per class.",
-                         lower_bound=1)
-    app.run(main)
+    from alexnet_tf import command
+
+    command.run(main, {
+        "source": flags.DEFINE_enum("source", "fashion_mnist", ["fashion_mnist", "synthetic"],
+                                    "What to write."),
+        "output": flags.DEFINE_string("output", None, "Directory to write train/, val/ (and "
+                                      "test/) into.", required=True),
+        "source_dir": flags.DEFINE_string(
+            "source_dir", None, f"Where the IDX files are (default {FASHION_MNIST_DIR})."),
+        "seed": flags.DEFINE_integer("seed", 0, "Chooses the validation images (and the "
+                                     "training subset)."),
+        "train_per_class": flags.DEFINE_integer(
+            "train_per_class", None, "Keep this many training images per class.",
+            lower_bound=1),
+    })

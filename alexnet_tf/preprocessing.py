@@ -33,8 +33,8 @@ from alexnet_tf.settings import (  # noqa: F401
     LIGHTING_SQRT_EIGENVALUE, LIGHTING_EIGENVALUE, LIGHTING_NONE, LIGHTING_SCALES,
 )
 
-# libjpeg's fast integer IDCT: up to a tenth faster than the accurate one on 500x375
-# JPEGs of quality 90, with errors of a few grey levels, well below the lighting noise.
+# libjpeg's fast integer IDCT: faster than the accurate one, with errors of a few grey
+# levels, well below the lighting noise.
 DEFAULT_DCT_METHOD = "INTEGER_FAST"
 # Evaluation, in training and in the SavedModel alike, decodes with libjpeg's accurate
 # IDCT (also tf.io.decode_image's): what is measured is what a served model computes.
@@ -158,7 +158,7 @@ def _resize_square(image, size):
     return tf.cond(
         tf.equal(tf.shape(image)[0], size),
         lambda: tf.cast(image, tf.float32),
-        # Resizing float input is about 1.5x faster than uint8 input in TF's kernel.
+        # TF's resize kernel is faster on float input than on uint8.
         lambda: tf.image.resize(tf.cast(image, tf.float32), [size, size]),
     )
 
@@ -350,32 +350,6 @@ def _lighting_rgb(basis, stddev, seed):
 def pca_lighting_rgb(eigenvalues, eigenvectors, stddev, seed, scale=LIGHTING_SQRT_EIGENVALUE):
     """Section 4.1: the RGB offset [p1 p2 p3] [a1 m1, a2 m2, a3 m3]^T, a_i ~ N(0, stddev)."""
     return _lighting_rgb(lighting_basis(eigenvalues, eigenvectors, scale), stddev, seed)
-
-
-def _add_rgb(image, rgb):
-    """image + rgb on every pixel of [H, W, 3].
-
-    Adding a tiled row instead of broadcasting a 3-vector: TF's broadcast over a
-    trailing dimension of 3 is about 4x slower than this.
-    """
-    dynamic = tf.shape(image)
-    height = image.shape[0] if image.shape[0] is not None else dynamic[0]
-    width = image.shape[1] if image.shape[1] is not None else dynamic[1]
-    rows = tf.reshape(image, [height, width * 3]) + tf.tile(rgb[tf.newaxis], [1, width])
-    return tf.reshape(rows, [height, width, 3])
-
-
-def pca_lighting(image, eigenvalues, eigenvectors, stddev, seed, scale=LIGHTING_SQRT_EIGENVALUE):
-    """Section 4.1: adds one random multiple of the RGB principal components to every pixel.
-
-    `image` is [H, W, 3] in 0..255 units (mean-subtracted or not); returns float32.
-    The same seed draws the same a_i, so each use of an image needs its own seed.
-    """
-    image = tf.cast(image, tf.float32)
-    lit = _add_rgb(image, pca_lighting_rgb(eigenvalues, eigenvectors, stddev, seed, scale))
-    lit.set_shape(image.shape)
-    return lit
-
 
 
 def augmentation_seeds(seed, index):

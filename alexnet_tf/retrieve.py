@@ -26,7 +26,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from alexnet_tf import data, files, inference
+from alexnet_tf import command, data, files, inference
 
 INDEX_INFO = "index.json"
 FEATURES = "features.npy"
@@ -294,7 +294,8 @@ if __name__ == "__main__":
         "index": flags.DEFINE_string("index", None, "The index directory.", required=True),
         "build_index": flags.DEFINE_bool("build_index", False, "Build the index unless it "
                                          "holds this model's features of this split already."),
-        **inference.define_dataset_flags(flags, split_default="train"),
+        **command.data_flags(flags, "default: the first model directory's",
+                             split_default="train"),
         "batch_size": flags.DEFINE_integer("batch_size", 64, "Images per batch when indexing.",
                                            lower_bound=1),
         "max_examples": flags.DEFINE_integer("max_examples", None, "Index only the first N "
@@ -304,4 +305,4 @@ if __name__ == "__main__":
                                           lower_bound=8),
     }
     flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
-    inference.run_command(main, holders, positional="queries")
+    command.run(main, holders, positional="queries")

@@ -114,6 +114,8 @@ IMAGE_FOLDER = "image_folder"
 # A tiny generated image folder, written where the data is expected if it is not there.
 SYNTHETIC = "synthetic"
 DATASETS = (IMAGENET2012, IMAGE_FOLDER, SYNTHETIC)
+TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SPLITS = (TRAIN, VALIDATION, TEST)
 
 
 # ----------------------------------------------------------------------------------
@@ -157,3 +159,7 @@ TOWERS = "towers"
 MIRRORED = "mirrored"
 MULTI_WORKER = "multi_worker"
 STRATEGIES = (AUTO, ONE_DEVICE, TOWERS, MIRRORED, MULTI_WORKER)
+
+# The exit status of a command that SIGTERM or Ctrl-C stopped after saving its
+# progress: sysexits.h's EX_TEMPFAIL, a temporary failure; rerunning it resumes.
+EXIT_INTERRUPTED = 75

@@ -8,7 +8,7 @@ MODEL_DIR is a training run's model directory or its SavedModel. The figure is
 
 import sys
 
-from alexnet_tf import figures, inference
+from alexnet_tf import command, figures, inference
 
 
 def main(values):
@@ -37,4 +37,4 @@ if __name__ == "__main__":
                                      f"{figures.DISPLAY_SIDE} pixels a kernel).", lower_bound=1),
     }
     flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
-    inference.run_command(main, holders)
+    command.run(main, holders)

@@ -26,11 +26,10 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 # TensorFlow's C++ log from warnings on: the run's own messages say what matters.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
-from alexnet_tf import config as config_lib  # noqa: E402
+from alexnet_tf import config as config_lib, settings  # noqa: E402
 
-EXIT_INTERRUPTED = 75  # sysexits.h EX_TEMPFAIL: a temporary failure, try again
 
 
 def network_of_init_source(config):
@@ -49,9 +48,10 @@ def network_of_init_source(config):
     return dataclasses.replace(config, **inherited)
 
 
-def main(argv):
-    if len(argv) > 1:
-        sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value).")
+def main(values):
+    """The training command; its flags are the schema's (`config.define_flags`), read
+    from absl's FLAGS, so `values` holds nothing."""
+    del values
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TensorFlow's INFO lines (saving, assets)
     try:
@@ -59,23 +59,19 @@ def main(argv):
         config = network_of_init_source(config)
     except ValueError as e:
         sys.exit(f"error: {e}")
-    from alexnet_tf import distribute
-
-    errors = config_lib.validate(config, os.environ.get(distribute.TF_CONFIG))
-    if errors:
-        sys.exit("error: " + " ".join(errors))
-
     from alexnet_tf import trainer
 
     try:
         trainer.train_and_evaluate(config, workdir, started=STARTED)
     except trainer.Interrupted as e:
         print(f"{e}", file=sys.stderr)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(settings.EXIT_INTERRUPTED)
     except trainer.TrainingError as e:
         sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
+    from alexnet_tf import command
+
     config_lib.define_flags()
-    app.run(main, flags_parser=config_lib.parse_flags)
+    command.run(main)

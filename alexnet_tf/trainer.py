@@ -182,14 +182,10 @@ def make_eval_step(model, strategy):
 
     def replica_step(images, labels):
         if images.shape.rank == 5:
-            crops = tf.shape(images)[1]
-            flat = tf.reshape(images, tf.concat([[-1], tf.shape(images)[2:]], 0))
-            probabilities = tf.nn.softmax(tf.cast(model(flat, training=False), tf.float32))
-            probabilities = tf.reduce_mean(
-                tf.reshape(probabilities, [-1, crops, tf.shape(probabilities)[-1]]), axis=1
-            )
+            probabilities = model_lib.crop_probabilities(
+                model(model_lib.flatten_crops(images), training=False), tf.shape(images)[1])
         else:
-            probabilities = tf.nn.softmax(tf.cast(model(images, training=False), tf.float32))
+            probabilities = model_lib.crop_probabilities(model(images, training=False))
         count = tf.cast(tf.size(labels), tf.float32)
         return (optim.top_k_misses(probabilities, labels, 1),
                 optim.top_k_misses(probabilities, labels, 5), count)
@@ -239,7 +235,8 @@ def input_options(distribution):
     step. Where every device is a CPU there is no copy to hide, and the per-device
     iterator that does the fetching runs tf.data's autotuning thread whatever the
     pipeline's own options say: destroying it at the end of each epoch and evaluation
-    waited on that thread for up to 20 s (BENCHMARKS.md, "The training command").
+    waited on that thread (BENCHMARKS.md, "The training command at the speed of its
+    step").
     """
     on_gpu = any("GPU" in device.upper() for device in distribution.devices)
     return tf.distribute.InputOptions(experimental_fetch_to_device=on_gpu)
@@ -418,12 +415,13 @@ def _dropout_states(model):
             if isinstance(layer, keras.layers.Dropout) and hasattr(layer, "seed_generator")]
 
 
-def _build_network(config, distribution, source):
-    """The network, its optimizer and loss scale, in the strategy's scope: mirrored, one
-    copy per replica, which every replica updates alike. Layers not in --train_layers
-    are frozen before the optimizer sees the variables."""
+def build_network(config, distribution, num_classes):
+    """(network, optimizer, loss scale or None), as every run and benchmark builds them,
+    in the strategy's scope: mirrored, one copy per replica, which every replica updates
+    alike. Layers not in --train_layers are frozen before the optimizer sees the
+    variables."""
     with distribution.strategy.scope():
-        model = model_dir.create_model(config, source.num_classes,
+        model = model_dir.create_model(config, num_classes,
                                        tower_devices=distribution.tower_devices)
         for name in config_lib.LAYERS:
             if config.train_layers and name not in config.train_layers and _has_layer(model, name):
@@ -512,7 +510,7 @@ def start_run(config, workdir, distribution, source, changed, wall_time=None):
     source = source.with_training_images_in_memory(config.cache_images_mb << 20)
     with wall_time.part("statistics"):
         stats = load_or_compute_stats(config, source, workdir, save=chief)
-    model, optimizer, loss_scale = _build_network(config, distribution, source)
+    model, optimizer, loss_scale = build_network(config, distribution, source.num_classes)
     schedule = create_schedule(config)
     step_variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     state = dict(model=model, optimizer=optimizer, schedule=schedule, step=step_variable,
@@ -676,8 +674,8 @@ def train_epoch(run):
         print(f"epoch {epoch + 1}: learning rate {float(run.schedule.learning_rate):.2g}")
     # Exactly the epoch's batches, never asking for the end of the sequence, and the
     # iterator kept until the run ends: ending and destroying a tf.data iterator waits
-    # on its worker threads, which stalled epoch ends by seconds (BENCHMARKS.md, "The
-    # training command").
+    # on its worker threads, which stalled epoch ends (BENCHMARKS.md, "The training
+    # command at the speed of its step").
     iterator = iter(dataset)
     run.spent_iterators.append(iterator)
     for _ in range(last - step_in_epoch):

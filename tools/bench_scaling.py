@@ -54,15 +54,12 @@ def worker(args):
 
     import tensorflow as tf
 
-    from alexnet_tf import model_dir, optim, trainer
+    from alexnet_tf import trainer
 
     strategy = distribution.strategy
     config = trainer.TrainConfig(model_size=args.model_size, crop_size=args.crop_size,
                                  seed=0)
-    with strategy.scope():
-        model = model_dir.create_model(config, args.num_classes,
-                                     tower_devices=distribution.tower_devices)
-        optimizer = optim.PaperMomentumSGD(model.trainable_variables)
+    model, optimizer, _ = trainer.build_network(config, distribution, args.num_classes)
     train_step = trainer.make_train_step(model, optimizer, strategy, args.batch_size)
     rng = np.random.default_rng(0)
     images = rng.normal(0, 50, (args.batch_size, args.crop_size, args.crop_size, 3))

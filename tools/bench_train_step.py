@@ -57,14 +57,13 @@ os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
-import dataclasses  # noqa: E402
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
-from alexnet_tf import model_dir, ops, optim, trainer  # noqa: E402
+from alexnet_tf import ops, optim, trainer  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = {"small": ("small.flags", 10), "paper": ("paper.flags", 1000)}
@@ -104,12 +103,7 @@ def net_config(net, **overrides):
 def trainer_step(config, num_classes, batch_size):
     """(step function, network) built as alexnet_tf.train builds them."""
     distribution = trainer.create_distribution(config)
-    with distribution.strategy.scope():
-        network = model_dir.create_model(config, num_classes,
-                                          tower_devices=distribution.tower_devices)
-        optimizer = optim.PaperMomentumSGD(
-            network.trainable_variables, momentum=config.momentum,
-            weight_decay=config.weight_decay, decay_biases=config.decay_biases)
+    network, optimizer, _ = trainer.build_network(config, distribution, num_classes)
     step = trainer.make_train_step(network, optimizer, distribution.strategy, batch_size)
     return step, network
 

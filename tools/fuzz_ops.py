@@ -34,6 +34,10 @@ import numpy as np
 
 import lrn_reference as lrn_reference_lib  # tools/, beside this file
 
+# The crop's reference is the tests' (tests/references.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "tests"))
+
 KINDS = ("lrn", "lrn_gradient", "resize", "decode_jpeg", "draws")
 FAILURES = ("mismatch", "error", "crash", "hang")
 # Largest error accepted, relative to the reference's largest finite magnitude, per
@@ -392,6 +396,8 @@ def check_draws(actual, reference):
 
 def runners(tf, ops, kind, case):
     """(the op, its reference, the comparison of their results) for a case."""
+    import references
+
     crop = lambda actual, reference: compare(actual, reference, CROP_ATOL, "the crop",  # noqa: E731
                                              relative=False)
     return {
@@ -402,7 +408,7 @@ def runners(tf, ops, kind, case):
                          lambda a, r: check_lrn_gradient(tf, a, r, case)),
         "resize": (lambda: ops.resize_flip_and_normalize(case["region"], case["size"],
                                                          *_crop_arguments(case)),
-                   lambda: ops.resize_flip_and_normalize_reference(
+                   lambda: references.resize_flip_and_normalize(
                        case["region"], case["size"], *_crop_arguments(case)), crop),
         "decode_jpeg": (lambda: ops.decode_jpeg_crop_flip_and_normalize(
                             case["contents"], case["size"], *_crop_arguments(case),
