@@ -20,6 +20,11 @@ the checkpoint).
 It runs on one device, on the paper's two towers, or data-parallel over several
 devices or machines (`distribute`); in float32, or in mixed bfloat16 or float16,
 the latter with dynamic loss scaling (`optim.DynamicLossScale`).
+
+One job: the run of one training job. Its parts share the run's state (`Run`: the
+step, the network, the writers, the schedule) and are read top to bottom in the order
+they happen; the network, its placement, the update, the data and the model directory
+are other modules'.
 """
 
 import collections

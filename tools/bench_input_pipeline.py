@@ -167,10 +167,8 @@ def measure(iterator, batches, batch_size):
     return images / (time.perf_counter() - wall), images / (time.process_time() - cpu)
 
 
-def main(argv):
-    del argv
-    cores = os.cpu_count()
-    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="bench_input_pipeline_")
+def prepare_sources(workdir):
+    """(the full-size image folder's source, the 256x256 prepared copy's), written once."""
     full_root, prepared_root = os.path.join(workdir, "full"), os.path.join(workdir, "prepared")
     if not os.path.isdir(full_root):
         mean_bytes = write_image_folder(
@@ -192,49 +190,35 @@ def main(argv):
         print(
             f"prepared 256x256 JPEGs once (data.write_rescaled_image_folder) at {rate:.0f} images/s"
         )
-    prepared = data.load_source("image_folder", prepared_root)
-    stats = dataset_stats.compute_stats(source.encoded_train, progress=False)
+    return source, data.load_source("image_folder", prepared_root)
 
-    builders = {
+
+def pipeline_builders(source, prepared, stats):
+    """{name: () -> the pipeline's dataset} of every pipeline this tool can time."""
+    batch, dct = _BATCH_SIZE.value, _DCT_METHOD.value
+    encoded = source.encoded_train
+    return {
         "full": lambda: ip.make_train_dataset(
-            source.encoded_train,
-            stats,
-            _BATCH_SIZE.value,
-            corrupt_counter=source.corrupt_counter,
-            dct_method=_DCT_METHOD.value,
-        ),
-        "bare": lambda: bare_dataset(
-            source.encoded_train, _BATCH_SIZE.value, False, _DCT_METHOD.value
-        ),
-        "bare_skipping": lambda: bare_dataset(
-            source.encoded_train, _BATCH_SIZE.value, False, _DCT_METHOD.value, skipping=True
-        ),
-        "bare_fused": lambda: bare_dataset(
-            source.encoded_train, _BATCH_SIZE.value, False, _DCT_METHOD.value, skipping=True,
-            fused=True,
-        ),
-        "bare_central": lambda: bare_dataset(
-            source.encoded_train, _BATCH_SIZE.value, True, _DCT_METHOD.value
-        ),
+            encoded, stats, batch, corrupt_counter=source.corrupt_counter, dct_method=dct),
+        "bare": lambda: bare_dataset(encoded, batch, False, dct),
+        "bare_skipping": lambda: bare_dataset(encoded, batch, False, dct, skipping=True),
+        "bare_fused": lambda: bare_dataset(encoded, batch, False, dct, skipping=True,
+                                           fused=True),
+        "bare_central": lambda: bare_dataset(encoded, batch, True, dct),
         # Source.train is shuffled at file level already. A shuffle buffer of decoded
         # images larger than this small data set would hold a whole epoch, decoded before
         # the timing starts, and time only its draining.
         "full_decoded": lambda: ip.make_train_dataset(
-            dataclasses.replace(source, dct_method=_DCT_METHOD.value).train,
-            stats,
-            _BATCH_SIZE.value,
-            shuffle_buffer=0,
-            dct_method=_DCT_METHOD.value,
-        ),
+            dataclasses.replace(source, dct_method=dct).train, stats, batch, shuffle_buffer=0,
+            dct_method=dct),
         "full_prepared": lambda: ip.make_train_dataset(
-            prepared.encoded_train,
-            stats,
-            _BATCH_SIZE.value,
-            corrupt_counter=prepared.corrupt_counter,
-            dct_method=_DCT_METHOD.value,
-        ),
+            prepared.encoded_train, stats, batch, corrupt_counter=prepared.corrupt_counter,
+            dct_method=dct),
     }
-    load_before = os.getloadavg()[0]
+
+
+def time_pipelines(builders):
+    """{name: [(images/s, images per CPU-second) per round]}, the pipelines in turn."""
     results = {name: [] for name in _PIPELINES.value}
     for _ in range(_ROUNDS.value):
         for name in _PIPELINES.value:
@@ -245,14 +229,11 @@ def main(argv):
                 next(iterator)
             results[name].append(measure(iterator, _BATCHES.value, _BATCH_SIZE.value))
             del iterator
-    load_after = os.getloadavg()[0]
+    return results
 
-    print(
-        f"\nTensorFlow {tf.__version__}, {cores} cores, load average {load_before:.1f} -> "
-        f"{load_after:.1f}, batch {_BATCH_SIZE.value}, {_BATCHES.value} batches x "
-        f"{_ROUNDS.value} rounds, dct_method={_DCT_METHOD.value}, "
-        f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')}; medians:"
-    )
+
+def report(results, cores):
+    """Prints the medians, the targets and the ratios between pipelines."""
     print(f"{'pipeline':<15}{'images/s':>10}{'per core':>10}{'per CPU-s':>11}")
     medians = {}
     for name, runs in results.items():
@@ -284,6 +265,24 @@ def main(argv):
             f"prepared 256 / on the fly: {medians['full_prepared'][0] / medians['full'][0]:.2f}x "
             "by wall clock"
         )
+
+
+def main(argv):
+    del argv
+    cores = os.cpu_count()
+    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix="bench_input_pipeline_")
+    source, prepared = prepare_sources(workdir)
+    stats = dataset_stats.compute_stats(source.encoded_train, progress=False)
+    load_before = os.getloadavg()[0]
+    results = time_pipelines(pipeline_builders(source, prepared, stats))
+    load_after = os.getloadavg()[0]
+    print(
+        f"\nTensorFlow {tf.__version__}, {cores} cores, load average {load_before:.1f} -> "
+        f"{load_after:.1f}, batch {_BATCH_SIZE.value}, {_BATCHES.value} batches x "
+        f"{_ROUNDS.value} rounds, dct_method={_DCT_METHOD.value}, "
+        f"TF_CPU_ALLOCATOR_USE_BFC={os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', 'unset')}; medians:"
+    )
+    report(results, cores)
     print(f"corrupt images skipped: {source.corrupt_count()}")
 
 

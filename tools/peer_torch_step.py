@@ -160,7 +160,7 @@ def emit(**fields):
     print(json.dumps(fields), flush=True)
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--net", choices=sorted(NETS), default="small")
     parser.add_argument("--batch_size", type=int, default=128)
@@ -172,8 +172,42 @@ def main():
                         help="The random images' spread, about that of mean-subtracted pixels.")
     parser.add_argument("--compile", action="store_true",
                         help="Run the model through torch.compile (default: eager).")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def fixed_batch(seed, batch_size, side, num_classes, image_stddev):
+    """The same fixed random batch as the TensorFlow side draws (NHWC there), NCHW in
+    channels_last memory here."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(0.0, image_stddev, (batch_size, side, side, 3)).astype(np.float32)
+    labels = rng.integers(0, num_classes, size=batch_size)
+    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
+        memory_format=torch.channels_last)
+    return images, torch.from_numpy(labels).long()
+
+
+def serve(train_step):
+    """Answers the driver's "time N" lines on stdin until "quit"."""
+    for line in sys.stdin:
+        command = line.split()
+        if not command:
+            continue
+        if command[0] == "quit":
+            break
+        if command[0] == "time" and len(command) == 2 and command[1].isdigit():
+            seconds, cpu_seconds = [], []
+            for _ in range(int(command[1])):
+                begin, cpu_begin = time.perf_counter(), time.process_time()
+                loss = train_step()
+                seconds.append(time.perf_counter() - begin)
+                cpu_seconds.append(time.process_time() - cpu_begin)
+            emit(event="times", seconds=seconds, cpu_seconds=cpu_seconds, loss=loss)
+        else:
+            emit(event="error", message=f"unknown command {line.strip()!r}")
+
+
+def main():
+    args = parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     builder, side, num_classes = NETS[args.net]
@@ -183,16 +217,8 @@ def main():
     if args.net == "paper":
         assert params == PAPER_PARAMS, f"paper net has {params:,} parameters, not {PAPER_PARAMS:,}"
     model = model.to(memory_format=torch.channels_last).train()
-
-    # The same fixed random batch as the TensorFlow side draws (NHWC there).
-    rng = np.random.default_rng(args.seed)
-    images = rng.normal(0.0, args.image_stddev, (args.batch_size, side, side, 3))
-    images = images.astype(np.float32)
-    labels = rng.integers(0, num_classes, size=args.batch_size)
-    images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(
-        memory_format=torch.channels_last)
-    labels = torch.from_numpy(labels).long()
-
+    images, labels = fixed_batch(args.seed, args.batch_size, side, num_classes,
+                                 args.image_stddev)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=LEARNING_RATE, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY
     )
@@ -222,37 +248,12 @@ def main():
         message = str(e).strip().splitlines()[0] if str(e).strip() else ""
         emit(event="error", message=f"torch.compile failed: {type(e).__name__}: {message}")
         return 3
-    emit(
-        event="ready",
-        torch=torch.__version__,
-        net=args.net,
-        params=params,
-        param_breakdown=param_breakdown(model),
-        threads=torch.get_num_threads(),
-        batch_size=args.batch_size,
-        compiled=args.compile,
-        mkldnn=torch.backends.mkldnn.is_available(),
-        warmup_steps=args.warmup,
-        warmup_seconds=time.perf_counter() - start,
-        loss=loss,
-    )
-
-    for line in sys.stdin:
-        command = line.split()
-        if not command:
-            continue
-        if command[0] == "quit":
-            break
-        if command[0] == "time" and len(command) == 2 and command[1].isdigit():
-            seconds, cpu_seconds = [], []
-            for _ in range(int(command[1])):
-                begin, cpu_begin = time.perf_counter(), time.process_time()
-                loss = train_step()
-                seconds.append(time.perf_counter() - begin)
-                cpu_seconds.append(time.process_time() - cpu_begin)
-            emit(event="times", seconds=seconds, cpu_seconds=cpu_seconds, loss=loss)
-        else:
-            emit(event="error", message=f"unknown command {line.strip()!r}")
+    emit(event="ready", torch=torch.__version__, net=args.net, params=params,
+         param_breakdown=param_breakdown(model), threads=torch.get_num_threads(),
+         batch_size=args.batch_size, compiled=args.compile,
+         mkldnn=torch.backends.mkldnn.is_available(), warmup_steps=args.warmup,
+         warmup_seconds=time.perf_counter() - start, loss=loss)
+    serve(train_step)
     return 0
 
 
