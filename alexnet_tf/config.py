@@ -24,21 +24,24 @@ from alexnet_tf import settings
 CHANGEABLE = "changeable"
 FIXED = "fixed"
 # Fields that describe the network or what its outputs mean: models built from two
-# configs that agree on these take the same checkpoints.
+# configs that agree on these take the same checkpoints. The network's own (its
+# weights' shapes and what its inputs are) are NETWORK fields too; the others are the
+# dataset (what the outputs mean) and the initialisation.
 ARCHITECTURE = "architecture"
 
 
 def setting(default, help, *, choices=None, minimum=None, below=None, item_type=str,
-            on_resume=FIXED, architecture=False):
+            on_resume=FIXED, architecture=False, network=None):
     """A TrainConfig field: its default and help, what values it takes, and whether it
-    may change on resume.
+    may change on resume. An architecture field is a network field unless network=False.
 
     choices: the allowed strings (an enum flag). minimum, below: bounds of a number
       (minimum <= value, value < below). item_type: the type of a list's items.
     """
     return dataclasses.field(default=default, metadata=dict(
         help=help, choices=choices, minimum=minimum, below=below, item_type=item_type,
-        on_resume=on_resume, architecture=architecture))
+        on_resume=on_resume, architecture=architecture,
+        network=architecture if network is None else network))
 
 
 # The help texts are the command's `--help`.
@@ -51,7 +54,7 @@ class TrainConfig:
         "imagenet2012", "imagenet2012: TFDS's builder over the ILSVRC-2012 tars in "
         "--manual_dir; image_folder: --data_dir holds train/ and optionally val/ and test/, "
         "one folder per class; synthetic: a tiny generated image folder written to --data_dir.",
-        choices=settings.DATASETS, architecture=True)
+        choices=settings.DATASETS, architecture=True, network=False)
     data_dir: str = setting("", "TFDS data directory, or the image folder root.",
                             on_resume=CHANGEABLE)
     manual_dir: str = setting("", "imagenet2012: where ILSVRC2012_img_train.tar and "
@@ -80,7 +83,7 @@ class TrainConfig:
         "", "paper: N(0, 0.01) weights (Section 5); scaled: the paper's gain per layer at "
         "other widths; lecun: N(0, 1/fan-in). Empty: lecun for tanh, else the size's "
         "(paper for the paper's net, scaled for the small one).",
-        choices=("",) + settings.WEIGHT_INITS, architecture=True)
+        choices=("",) + settings.WEIGHT_INITS, architecture=True, network=False)
     conv1_padding: str = setting(
         "", "overhang: the authors' code (224 -> 55, the last windows hang over the edge); "
         "valid: Caffe's (227 -> 55); same. Empty: the size's.",
@@ -246,10 +249,7 @@ class TrainConfig:
 FIELDS = {field.name: field for field in dataclasses.fields(TrainConfig)}
 # The fields that shape the network's weights and what its inputs are: a run that
 # starts from another model's weights (--init_from) takes them from it.
-NETWORK_FIELDS = ("model_size", "towers", "activation", "lrn", "overlapping_pooling", "conv6",
-                  "image_size", "crop_size", "conv1_padding", "lrn_depth_radius", "lrn_bias",
-                  "lrn_alpha", "lrn_beta", "lrn_alpha_convention", "lrn_across_towers",
-                  "pooling_rule")
+NETWORK_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["network"])
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "conv6", "fc6", "fc7", "fc8")
 ARCHITECTURE_FIELDS = tuple(name for name, f in FIELDS.items() if f.metadata["architecture"])
 CHANGEABLE_ON_RESUME = tuple(name for name, f in FIELDS.items()

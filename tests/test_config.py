@@ -158,7 +158,8 @@ def test_every_default_the_schema_owns_is_the_library_s_default():
                                            "beta": "lrn_beta",
                                            "alpha_convention": "lrn_alpha_convention"},
         input_pipeline.make_train_dataset: {"lighting_stddev": "lighting_stddev",
-                                            "lighting": "lighting"},
+                                            "lighting": "lighting",
+                                            "crops_and_mirrors": "crops_and_mirrors"},
     }
     for function, arguments in owners.items():
         parameters = inspect.signature(function).parameters
@@ -172,3 +173,15 @@ def test_a_subnormal_lrn_bias_is_refused_in_one_line():
     errors = config_lib.validate(config_lib.TrainConfig(data_dir="d", lrn_bias=1e-40))
     assert any("--lrn_bias=1e-40 must be at least 2.351e-38" in e for e in errors), errors
     assert config_lib.validate(config_lib.TrainConfig(data_dir="d", lrn_bias=2.5e-38)) == []
+
+
+def test_the_network_fields_are_the_architecture_fields_that_shape_the_weights():
+    # Derived from the schema's markers: the dataset (what the outputs mean) and the
+    # initialisation describe a run's model but not the shapes --init_from copies.
+    assert set(config_lib.NETWORK_FIELDS) == set(config_lib.ARCHITECTURE_FIELDS) - {
+        "dataset", "weight_init"}
+    from alexnet_tf import data, settings
+
+    # The choice lists the library checks against are the schema's own objects.
+    assert data.DATASETS is settings.DATASETS is config_lib.FIELDS["dataset"].metadata["choices"]
+    assert data.SPLITS is settings.SPLITS
