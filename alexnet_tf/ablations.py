@@ -214,8 +214,9 @@ def records_of(run_dirs, base_config, ablations, seeds):
 # ----------------------------------------------------------------------------------
 # TensorBoard's HParams plugin.
 
-HPARAM_FIELDS = ("activation", "lrn", "overlapping_pooling", "towers", "lighting", "seed",
-                 "learning_rate", "train_steps", "batch_size")
+HPARAM_FIELDS = ("activation", "lrn", "overlapping_pooling", "towers", "lighting",
+                 "dropout_rate", "crops_and_mirrors", "seed", "learning_rate", "train_steps",
+                 "batch_size")
 
 
 def log_hparams(run_dir, arm, config, metrics):
