@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import files, model_dir, preprocessing
+from alexnet_tf import files, input_pipeline, model_dir, preprocessing
 from alexnet_tf import conv_gradients
 from alexnet_tf import model as model_lib
 
@@ -146,9 +146,12 @@ class ServingModule(tf.Module):
         # tf.data, so that an element that does not decode is dropped rather than
         # failing the batch with a message that names no element; the request then
         # fails below, naming the missing ones.
-        decoded = (tf.data.Dataset.from_tensor_slices(images).enumerate()
-                   .map(self._decode).ignore_errors(log_warning=False)
-                   .batch(tf.maximum(count, 1)))
+        # Without tf.data's autotuning thread, which the iterator of every request would
+        # otherwise start and wait for when it is destroyed (input_pipeline.without_autotuning).
+        decoded = input_pipeline.without_autotuning(
+            tf.data.Dataset.from_tensor_slices(images).enumerate()
+            .map(self._decode).ignore_errors(log_warning=False)
+            .batch(tf.maximum(count, 1)))
         empty = (tf.zeros([0], tf.int64), tf.zeros([0] + self._crop_spec().shape, tf.float32),
                  tf.zeros([0], tf.bool))
         indices, crops, too_large = decoded.reduce(

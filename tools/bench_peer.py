@@ -68,6 +68,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
+from machine import (  # noqa: E402  tools/, beside this file
+    cpu_model, load_average, machine_busy_seconds, process_cpu_seconds,
+)
 from alexnet_tf import trainer  # noqa: E402
 
 _NETS = flags.DEFINE_list("nets", ["small", "paper"], "Which nets to time: small, paper.")
@@ -101,43 +104,6 @@ TARGET_RATIO = {EAGER: {"small": 2.5, "paper": 2.0}, COMPILED: {"small": 2.0, "p
 LEARNING_RATE = 0.01
 IMAGE_STDDEV = 50.0
 SEED = 0
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown CPU"
-
-
-def load_average():
-    return "/".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def machine_busy_seconds():
-    """CPU seconds all processes have spent on this machine since boot (Linux), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal ...: all but idle and iowait.
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid):
-    """User + system CPU seconds of process `pid` so far (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def torch_version(python):

@@ -64,6 +64,7 @@ import tensorflow as tf  # noqa: E402
 from alexnet_tf import config as config_lib  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf import ops, optim, trainer  # noqa: E402
+from machine import forward_flops_by_op, matmul_rate  # noqa: E402  tools/, beside this file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NETS = {"small": ("small.flags", 10), "paper": ("paper.flags", 1000)}
@@ -186,24 +187,6 @@ def plain_keras_step(net, num_classes, batch_size, input_shape):
     return trainer.make_train_step(network, optimizer, strategy, batch_size), network
 
 
-def forward_flops_by_op(model, input_shape):
-    """[(op name, FLOPs per image, input channels)] for each Conv2D and MatMul of the forward."""
-    spec = tf.TensorSpec((1,) + tuple(input_shape), tf.float32)
-    graph = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec).graph
-    counted = []
-    for op in graph.get_operations():
-        if op.type == "Conv2D":
-            kernel = op.inputs[1].shape  # [height, width, input channels per group, filters]
-            per_output = kernel[0] * kernel[1] * kernel[2]
-            outputs = int(np.prod(op.outputs[0].shape[1:]))
-            counted.append((op.name, 2 * outputs * per_output, op.inputs[0].shape[-1]))
-        elif op.type == "MatMul":
-            inner = op.inputs[1].shape[1 if op.get_attr("transpose_b") else 0]
-            outputs = int(np.prod(op.outputs[0].shape[1:]))
-            counted.append((op.name, 2 * outputs * inner, None))
-    return counted
-
-
 def training_flops_per_image(model, input_shape):
     """(forward, training) FLOPs per image: training is 3 x forward less conv1's input
     gradient."""
@@ -211,20 +194,6 @@ def training_flops_per_image(model, input_shape):
     forward = sum(f for _, f, _ in counted)
     on_images = sum(f for _, f, channels in counted if channels == input_shape[-1])
     return forward, 3 * forward - on_images
-
-
-def matmul_rate(size, streams, repeats=5):
-    """Median float32 FLOP/s of `streams` independent tf.matmul of size x size matrices."""
-    a = tf.random.normal([size, size])
-    bs = [tf.random.normal([size, size]) for _ in range(streams)]
-    products = tf.function(lambda: [tf.reduce_sum(tf.matmul(a, b)) for b in bs])
-    [p.numpy() for p in products()]
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        [p.numpy() for p in products()]
-        times.append(time.perf_counter() - start)
-    return 2 * streams * size**3 / statistics.median(times)
 
 
 def time_steps(step, images, labels, count):
