@@ -81,7 +81,6 @@ SIGNIFICANT_STANDARD_ERRORS = 2.0
 # A run converged when its rate was cut and its validation error moved less than this
 # many points over the last fifth of its steps (`convergence`).
 CONVERGED_POINTS = 0.3
-GAP_MEASURE = "gap: test minus training top-1 error (points, centre crop)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +250,7 @@ def convergence(validation_curve, rates, initial_rate, total_steps):
     """Whether a run ended converged: its rate was cut at least once, and its validation
     top-1 error (centre crop, the schedule's measure) moved less than CONVERGED_POINTS
     over the last fifth of its steps (the largest minus the smallest of the evaluations
-    at steps >= 4/5 of total_steps; fewer than two such evaluations do not count).
+    at steps >= 4/5 of total_steps; None, not converged, with fewer than two).
 
     validation_curve and rates are [(step, value)]: the errors (fractions) and the rate
     set at each evaluation. Returns {"rate_cuts_at": [steps], "last_fifth_points",
@@ -264,9 +263,9 @@ def convergence(validation_curve, rates, initial_rate, total_steps):
         previous = rate
     last_fifth = [error for step, error in validation_curve if step >= 0.8 * total_steps]
     points = (_percent(max(last_fifth) - min(last_fifth)) if len(last_fifth) > 1
-              else math.inf)
+              else None)
     return {"rate_cuts_at": cuts, "last_fifth_points": points,
-            "converged": bool(cuts) and points < CONVERGED_POINTS}
+            "converged": bool(cuts) and points is not None and points < CONVERGED_POINTS}
 
 
 def steps_to_reach(curve, target):
@@ -294,9 +293,11 @@ def describe_run(arm, seed, record):
     """One line: the run's error and its convergence."""
     errors = record["errors"]
     cuts = ", ".join(str(step) for step in record["rate_cuts_at"]) or "never"
+    points = record["last_fifth_points"]
+    moved = ("fewer than two evaluations in the last fifth" if points is None else
+             f"validation error moved {points:.2f} points over the last fifth")
     line = (f"{arm} seed {seed}: {errors['split']} top-1 error {errors['top1']:.4f}, "
-            f"top-5 {errors['top5']:.4f}; rate cut at {cuts}; validation error moved "
-            f"{record['last_fifth_points']:.2f} points over the last fifth: "
+            f"top-5 {errors['top5']:.4f}; rate cut at {cuts}; {moved}: "
             + ("converged" if record["converged"] else "NOT converged"))
     if "train_top1" in record:
         line += f"; training sample top-1 error {record['train_top1']:.4f}"
@@ -361,9 +362,13 @@ def _measures(records, arm, seeds):
     measures = {f"{first['split']} top-{k} error (%, {first['crops']})":
                 [_percent(run["errors"][f"top{k}"]) for run in runs] for k in (1, 5)}
     if all("train_top1" in run for run in runs):
-        measures[GAP_MEASURE] = [_percent(run["centre_top1"] - run["train_top1"])
-                                 for run in runs]
+        measures[gap_measure(first["split"])] = [
+            _percent(run["centre_top1"] - run["train_top1"]) for run in runs]
     return measures
+
+
+def gap_measure(split):
+    return f"gap: {split} minus training top-1 error (points, centre crop)"
 
 
 def table_rows(records, ablations, seeds):
@@ -428,7 +433,8 @@ def format_arms(rows):
     has_train = "train_top1" in rows[0]
     head = f"| arm | runs converged | rate cut at (steps, per seed) | {measure} |"
     if has_train:
-        head += (" training sample top-1 % (centre) | gap: test minus training top-1 "
+        split = measure.split()[0]
+        head += (f" training sample top-1 % (centre) | gap: {split} minus training top-1 "
                  "(points, centre) | steps to the baseline's final training error "
                  f"({rows[0]['target_train_top1']:.2f}%) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
@@ -437,7 +443,8 @@ def format_arms(rows):
         line = (f"| {row['arm']} | {row['converged']} of {row['runs']} | {cuts} | "
                 f"{_mean_sd(row['measures'][measure])} |")
         if has_train:
-            line += (f" {_mean_sd(row['train_top1'])} | {_mean_sd(row['measures'][GAP_MEASURE])}"
+            gap = next(name for name in row["measures"] if name.startswith("gap:"))
+            line += (f" {_mean_sd(row['train_top1'])} | {_mean_sd(row['measures'][gap])}"
                      f" | {_steps_text(row['steps_to_target'])} |")
         lines.append(line)
     return "\n".join(lines) + "\n"
@@ -557,11 +564,42 @@ def _define_flags():
         flags.DEFINE_integer("train_steps", 0, "Steps per run (0: the recipe's budget)."),
         flags.DEFINE_boolean("ensemble", True, "Also evaluate the softmax average of the "
                              "baseline's seeds (Table 2's ensembles) through alexnet_tf.evaluate."),
+        flags.DEFINE_boolean("report_only", False, "Train nothing: the tables of the seeds "
+                             "whose every arm has finished so far."),
     ]
     return {holder.name: holder for holder in holders}
 
 
+def finished_runs(base_config, workdir, ablations, seeds):
+    """({(arm, seed): run_dir}, the seeds whose every arm has a finished run of these
+    settings): what the tables can be built from without training."""
+    run_dirs, complete = {}, []
+    for seed in seeds:
+        dirs = {(name, seed): run_dir_of(workdir, name, seed)
+                for name, _ in arm_configs(base_config, ablations, seed)}
+        if all(_finished(_read_metrics(d)) for d in dirs.values()):
+            run_dirs.update(dirs)
+            complete.append(seed)
+    return run_dirs, complete
+
+
+def write_tables(values, base_config, run_dirs, ablations, seeds):
+    """The tables of the finished runs, written to --output; returns the Markdown."""
+    records = records_of(run_dirs, base_config, ablations, seeds)
+    rows = table_rows(records, ablations, seeds)
+    arms = arm_rows(records, [BASELINE] + [a.name for a in ablations], seeds)
+    ensemble = None
+    if values["ensemble"] and len(seeds) > 1:
+        ensemble = ensemble_of_seeds(run_dirs, seeds, values["data_dir"],
+                                     records[(BASELINE, seeds[0])]["errors"]["split"])
+    output = values["output"] or os.path.join(values["workdir"], "table.md")
+    budget = describe_budget(base_config, records, seeds, values["recipe"])
+    return write_table(rows, budget, output, arms, ensemble), output
+
+
 def main(values):
+    from alexnet_tf import inference
+
     unknown = [name for name in values["ablations"] if name not in ABLATIONS_BY_NAME]
     if unknown:
         sys.exit(f"error: unknown --ablations {unknown}; known: {list(ABLATIONS_BY_NAME)}.")
@@ -573,23 +611,24 @@ def main(values):
         if values["train_steps"]:
             overrides["train_steps"] = values["train_steps"]
         base_config = config_from_flagfile(values["recipe"], **overrides)
-        log_hparams_config(values["workdir"])
-        run_dirs = run_ablations(base_config, values["workdir"], ablations, seeds)
+        if values["report_only"]:
+            base_config = dataclasses.replace(
+                base_config, stats_file=os.path.join(values["workdir"], STATS_FILE))
+            run_dirs, seeds = finished_runs(base_config, values["workdir"], ablations, seeds)
+            if not seeds:
+                sys.exit(f"error: no seed has a finished run of every arm in "
+                         f"{values['workdir']} yet.")
+            print(f"Tables of seeds {seeds}, whose every arm has finished.")
+        else:
+            log_hparams_config(values["workdir"])
+            run_dirs = run_ablations(base_config, values["workdir"], ablations, seeds)
+        markdown, output = write_tables(values, base_config, run_dirs, ablations, seeds)
     except trainer.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(settings.EXIT_INTERRUPTED)
-    except (OSError, ValueError, trainer.TrainingError) as e:
+    except (ValueError, *inference.USER_ERRORS) as e:
         sys.exit(f"error: {e}")
-    records = records_of(run_dirs, base_config, ablations, seeds)
-    rows = table_rows(records, ablations, seeds)
-    arms = arm_rows(records, [BASELINE] + [a.name for a in ablations], seeds)
-    ensemble = None
-    if values["ensemble"] and len(seeds) > 1:
-        ensemble = ensemble_of_seeds(run_dirs, seeds, values["data_dir"],
-                                     records[(BASELINE, seeds[0])]["errors"]["split"])
-    output = values["output"] or os.path.join(values["workdir"], "table.md")
-    budget = describe_budget(base_config, records, seeds, values["recipe"])
-    print(write_table(rows, budget, output, arms, ensemble))
+    print(markdown)
     print(f"Wrote {output} and its .json; {time.perf_counter() - started:.0f} s in all.")
 
 

@@ -245,6 +245,7 @@ def main(values):
 if __name__ == "__main__":
     from alexnet_tf import command
 
+    flags.adopt_module_key_flags(command)  # --help lists the data flags too
     command.run(main, {
         **command.data_flags(flags, required=True),
         "output": flags.DEFINE_string("output", None, "Where to write the statistics (.npz).",

@@ -5,7 +5,7 @@ Strategies (`create_distribution`):
   one_device    the whole network on one device (tf.distribute.OneDeviceStrategy).
   towers        the paper's model parallelism (Section 3.2): each tower of one network
                 on its own device, the towers' devices from the model builder
-                (`model.resolve_tower_devices`); TensorFlow's default strategy.
+                (`placement.resolve_tower_devices`); TensorFlow's default strategy.
   mirrored      data parallelism over the local GPUs, or over given devices
                 (tf.distribute.MirroredStrategy): a whole copy of the network per device.
   multi_worker  data parallelism across machines (tf.distribute.MultiWorkerMirroredStrategy),

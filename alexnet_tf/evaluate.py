@@ -136,5 +136,7 @@ if __name__ == "__main__":
         "max_examples": flags.DEFINE_integer("max_examples", None, "Evaluate on the first N "
                                              "images of the split only.", lower_bound=1),
     }
-    flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
+    # --help lists the shared flags too.
+    flags.adopt_module_key_flags(inference)
+    flags.adopt_module_key_flags(command)
     command.run(main, holders)

@@ -308,7 +308,7 @@ def format_table(summary, chosen):
                                                f"{run['steps'] or 'not reached'} steps, final "
                                                f"{100 * run['final_error']:.1f}%")
             for run in sweep["runs"])
-        lines.append(f"\n{activation}'s sweep (seed {summary['seeds'][0]}): {runs}; the best "
+        lines.append(f"\n{activation}'s sweep (seed {sweep['seed']}): {runs}; the best "
                      + ("has a worse rate on each side." if sweep["bracketed"]
                         else "is still the sweep's edge: NOT bracketed."))
     if summary["ratio_mean"] is not None:
@@ -337,7 +337,7 @@ def run(values):
         sweep, rate, bracketed = bracketed_sweep(
             train, [float(r) for r in values["learning_rates"]], values["threshold"],
             values["max_sweep_extensions"])
-        sweeps[activation] = dict(bracketed=bracketed, runs=[
+        sweeps[activation] = dict(bracketed=bracketed, seed=seeds[0], runs=[
             dict(learning_rate=r["learning_rate"], steps=steps_to(r["curve"], values["threshold"]),
                  final_error=r["curve"][-1][1], stuck=r["diverged_at"] is not None)
             for r in sweep])

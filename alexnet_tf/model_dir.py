@@ -189,12 +189,17 @@ def read_scalars(workdir, logs, tag):
         raise FileNotFoundError(f"{event_dir} does not exist: is {workdir} a run's model "
                                 "directory?")
     values = {}
-    tf.get_logger().setLevel("ERROR")  # summary_iterator's deprecation notice
-    for name in sorted(os.listdir(event_dir)):
-        for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
-            for value in event.summary.value:
-                if value.tag == tag:
-                    values[event.step] = float(tf.make_ndarray(value.tensor))
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # summary_iterator's deprecation notice
+    try:
+        for name in sorted(os.listdir(event_dir)):
+            for event in tf.compat.v1.train.summary_iterator(os.path.join(event_dir, name)):
+                for value in event.summary.value:
+                    if value.tag == tag:
+                        values[event.step] = float(tf.make_ndarray(value.tensor))
+    finally:
+        logger.setLevel(level)
     return sorted(values.items())
 
 

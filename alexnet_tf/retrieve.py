@@ -304,5 +304,7 @@ if __name__ == "__main__":
         "thumbnail": flags.DEFINE_integer("thumbnail", 96, "Side of each image in the figure.",
                                           lower_bound=8),
     }
-    flags.adopt_module_key_flags(inference)  # --help lists the shared flags too
+    # --help lists the shared flags too.
+    flags.adopt_module_key_flags(inference)
+    flags.adopt_module_key_flags(command)
     command.run(main, holders, positional="queries")

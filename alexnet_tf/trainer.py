@@ -247,9 +247,11 @@ def input_options(distribution):
     return tf.distribute.InputOptions(experimental_fetch_to_device=on_gpu)
 
 
-def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_counter):
-    """A split's examples (or its first eval_steps batches of about eval_batch_size) as
-    the strategy's per-replica values, each worker evaluating its share."""
+def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_counter,
+                    whole=False):
+    """A split's examples (or, unless `whole`, its first eval_steps batches of about
+    eval_batch_size) as the strategy's per-replica values, each worker evaluating its
+    share."""
 
     def dataset_fn(context):
         replicas = _replicas_per_pipeline(context)
@@ -260,7 +262,9 @@ def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_cou
             corrupt_counter=corrupt_counter,
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
         )
-        return dataset.take(config.eval_steps * replicas) if config.eval_steps else dataset
+        if config.eval_steps and not whole:
+            return dataset.take(config.eval_steps * replicas)
+        return dataset
 
     return distribution.strategy.distribute_datasets_from_function(
         dataset_fn, options=input_options(distribution))
@@ -755,12 +759,13 @@ def _examples_of(run, split):
 
 
 def evaluate(run, split, ten_crop):
-    """Top-1 and top-5 error over a split (or its first eval_steps batches), counted
-    over every replica of every worker."""
+    """Top-1 and top-5 error over a split (or its first eval_steps batches; the training
+    sample is always whole), counted over every replica of every worker."""
     examples = _examples_of(run, split)
     misses_1 = misses_5 = count = 0
     for images, labels in make_eval_input(run.distribution, examples, run.stats, run.config,
-                                          ten_crop, run.source.corrupt_counter):
+                                          ten_crop, run.source.corrupt_counter,
+                                          whole=split == data.TRAIN):
         m1, m5, n = run.eval_step(images, labels)
         misses_1, misses_5, count = misses_1 + float(m1), misses_5 + float(m5), count + int(n)
     if count == 0:
@@ -893,8 +898,9 @@ def _open_writers(run):
             os.path.join(run.workdir, model_dir.TRAIN_LOGS))
         run.validation_writer = tf.summary.create_file_writer(
             os.path.join(run.workdir, model_dir.VALIDATION_LOGS))
-        run.train_sample_writer = tf.summary.create_file_writer(
-            os.path.join(run.workdir, model_dir.TRAIN_SAMPLE_LOGS))
+        run.train_sample_writer = (
+            tf.summary.create_file_writer(os.path.join(run.workdir, model_dir.TRAIN_SAMPLE_LOGS))
+            if run.config.train_error_examples else tf.summary.create_noop_writer())
     else:
         run.train_writer = run.validation_writer = run.train_sample_writer = (
             tf.summary.create_noop_writer())

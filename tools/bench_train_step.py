@@ -29,7 +29,7 @@ which in training never happens):
                   convolutions' gradients left to TensorFlow (the bias's through
                   BiasAddGrad, which the CPU rewriter fuses into oneDNN's
                   Conv2DBackpropFilterWithBias) instead of
-                  `model.conv_bias_activation`'s.
+                  `conv_gradients.conv_bias_activation`'s.
   relu_gradient_apart  (with --relu_gradient_apart) the trainer's step with every
                   ReLU's gradient its own op, none taken in the LRN gradient
                   before it (`ops.relu_gradient_through_lrn`): the same values.
@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
+from alexnet_tf import conv_gradients  # noqa: E402
 from alexnet_tf import model as model_lib  # noqa: E402
 from alexnet_tf import ops, optim, trainer  # noqa: E402
 from machine import forward_flops_by_op, matmul_rate  # noqa: E402  tools/, beside this file
@@ -127,7 +128,7 @@ def stock_conv_gradient_step(config, num_classes, batch_size):
     def stock(conv, x, kernel, bias):
         return conv.activation(tf.nn.bias_add(conv.convolution_op(x, kernel), bias))
 
-    return _traced_with(model_lib, "conv_bias_activation", stock, config, num_classes,
+    return _traced_with(conv_gradients, "conv_bias_activation", stock, config, num_classes,
                         batch_size)
 
 

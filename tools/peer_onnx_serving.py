@@ -42,7 +42,8 @@ def emit(**fields):
 
 
 def export_onnx(net, path):
-    """Writes the peer's network in inference mode to path; returns its parameter count."""
+    """Writes the peer's network in inference mode to path; returns (its parameter
+    count, its input side)."""
     builder, side, num_classes = peer_torch_step.NETS[net]
     torch.manual_seed(0)
     model = builder(num_classes)
