@@ -92,15 +92,19 @@ def _write_blob(blob, array, legacy_4d):
 
 def _encoded_field(field_number, payload):
     """A length-delimited field (wire type 2) of the protobuf encoding."""
-    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+    return varint(field_number << 3 | 2) + varint(len(payload)) + payload
 
 
-def _varint(value):
+def varint(n):
+    """Base-128 varint: 7 bits a byte, low group first, high bit set on all but the last;
+    a negative number as its 64-bit two's complement (ten bytes), as protobuf's int32
+    and int64 are."""
+    n = n % 2**64
     out = bytearray()
     while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
+        low, n = n & 0x7F, n >> 7
+        out.append(low | (0x80 if n else 0))
+        if not n:
             return bytes(out)
 
 

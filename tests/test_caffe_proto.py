@@ -15,23 +15,11 @@ import pytest
 
 import caffe_reference as ref
 import caffe_writer
+from caffe_writer import varint
 from alexnet_tf import caffe_proto
 
 # Wire types of the protobuf encoding.
 VARINT, FIXED32 = 0, 5
-
-
-def varint(n):
-    """Base-128 varint: 7 bits a byte, low group first, high bit set on all but the last;
-    a negative number as its 64-bit two's complement (ten bytes), as protobuf's int32
-    and int64 are."""
-    n = n % 2**64
-    out = bytearray()
-    while True:
-        low, n = n & 0x7F, n >> 7
-        out.append(low | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def key(field, wire):

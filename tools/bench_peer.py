@@ -54,7 +54,6 @@ on the paper net, and at least 2.0x torch.compile's on both.
 """
 
 import inspect
-import json
 import os
 import statistics
 import subprocess
@@ -69,7 +68,7 @@ import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
 from machine import (  # noqa: E402  tools/, beside this file
-    cpu_model, load_average, machine_busy_seconds, process_cpu_seconds,
+    PeerProcess, cpu_model, load_average, machine_busy_seconds, process_cpu_seconds,
 )
 from alexnet_tf import trainer  # noqa: E402
 
@@ -124,58 +123,24 @@ def torch_version(python):
     return done.stdout.strip().splitlines()[-1]
 
 
-class TorchPeer:
+class TorchPeer(PeerProcess):
     """tools/peer_torch_step.py in a subprocess: warms up, then times steps on request."""
 
     def __init__(self, python, net, batch_size, threads, warmup, compile_=False):
-        command = [
+        super().__init__([
             python, PEER_SCRIPT, f"--net={net}", f"--batch_size={batch_size}",
             f"--threads={threads}", f"--warmup={warmup}", f"--seed={SEED}",
             f"--image_stddev={IMAGE_STDDEV}",
-        ] + (["--compile"] if compile_ else [])
-        # Its stderr (warnings, a traceback) goes straight to ours.
-        self.process = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
-        )
-
-    def _read(self):
-        """The next JSON event; other lines on its stdout are passed on to stderr."""
-        while True:
-            line = self.process.stdout.readline()
-            if not line:
-                code = self.process.wait()
-                return {"event": "error", "message": f"the PyTorch process ended (exit {code})"}
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                sys.stderr.write(line)
-                continue
-            if isinstance(event, dict) and "event" in event:
-                return event
-            sys.stderr.write(line)
+        ] + (["--compile"] if compile_ else []), "PyTorch")
 
     def ready(self):
         """The "ready" event, or an "error" one."""
-        return self._read()
+        return self.read()
 
     def time(self, steps):
         """(wall seconds, CPU seconds) of each of `steps` steps, and the last loss."""
-        self.process.stdin.write(f"time {steps}\n")
-        self.process.stdin.flush()
-        event = self._read()
-        if event["event"] != "times":
-            raise RuntimeError(f"PyTorch peer: {event.get('message', event)}")
+        event = self.ask(f"time {steps}")
         return event["seconds"], event["cpu_seconds"], event["loss"]
-
-    def close(self):
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
-                self.process.wait()
 
 
 def batch(side, num_classes, batch_size):

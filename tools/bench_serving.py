@@ -38,10 +38,8 @@ dependencies of the package:
         numpy onnxruntime onnx onnxscript
 """
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,7 +53,7 @@ import tensorflow as tf  # noqa: E402
 from alexnet_tf import config as config_lib  # noqa: E402
 from alexnet_tf import dataset_stats, export, model_dir  # noqa: E402
 from machine import (  # noqa: E402  tools/, beside this file
-    cpu_flags, cpu_model, forward_flops_by_op, load_average, matmul_rate,
+    PeerProcess, cpu_flags, cpu_model, forward_flops_by_op, load_average, matmul_rate,
 )
 
 _NETS = flags.DEFINE_list("nets", ["small", "paper"], "Which nets: small, paper.")
@@ -116,40 +114,20 @@ def batches(config, batch_sizes):
     return {b: (images[:b], jpegs[:b]) for b in batch_sizes}
 
 
-class OnnxPeer:
+class OnnxPeer(PeerProcess):
     """tools/peer_onnx_serving.py in the PyTorch environment, answering "time B K"."""
 
     def __init__(self, net, onnx_path, batch_sizes):
-        command = [_TORCH_PYTHON.value, ONNX_PEER, f"--net={net}", f"--onnx={onnx_path}",
-                   f"--batch_sizes={','.join(str(b) for b in batch_sizes)}",
-                   f"--warmup={_WARMUP.value}"]
-        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.ready = self._read()
+        super().__init__([_TORCH_PYTHON.value, ONNX_PEER, f"--net={net}", f"--onnx={onnx_path}",
+                          f"--batch_sizes={','.join(str(b) for b in batch_sizes)}",
+                          f"--warmup={_WARMUP.value}"], "ONNX Runtime")
+        self.ready = self.read()
         if self.ready.get("event") != "ready":
             self.close()
             sys.exit(f"bench_serving: the ONNX Runtime peer failed: {self.ready}")
 
-    def _read(self):
-        line = self.process.stdout.readline()
-        return json.loads(line) if line else {"event": "exited"}
-
     def time(self, batch_size, steps):
-        self.process.stdin.write(f"time {batch_size} {steps}\n")
-        self.process.stdin.flush()
-        reply = self._read()
-        if reply.get("event") != "times":
-            sys.exit(f"bench_serving: the ONNX Runtime peer answered {reply}")
-        return reply["seconds"]
-
-    def close(self):
-        if self.process.poll() is None:
-            try:
-                self.process.stdin.write("quit\n")
-                self.process.stdin.flush()
-                self.process.wait(timeout=60)
-            except (OSError, subprocess.TimeoutExpired):
-                self.process.kill()
+        return self.ask(f"time {batch_size} {steps}")["seconds"]
 
 
 def local_runners(export_dir, inputs):

@@ -2,8 +2,11 @@
 timed: the CPU and its vector extensions, the load, CPU seconds, the matmul rate that
 bounds a network's FLOP/s, and a network's FLOPs."""
 
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -94,3 +97,49 @@ def forward_flops_by_op(model, input_shape):
             outputs = int(np.prod(op.outputs[0].shape[1:]))
             counted.append((op.name, 2 * outputs * inner, None))
     return counted
+
+
+class PeerProcess:
+    """A benchmark's peer in its own environment (tools/peer_*.py): a subprocess that
+    answers each command line on its stdin with one JSON object on its stdout."""
+
+    def __init__(self, command, name):
+        self.name = name
+        # Its stderr (warnings, a traceback) goes straight to ours.
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, bufsize=1)
+
+    def read(self):
+        """The next JSON event; other lines on its stdout are passed on to stderr."""
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                code = self.process.wait()
+                return {"event": "error", "message": f"the {self.name} process ended (exit {code})"}
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                sys.stderr.write(line)
+                continue
+            if isinstance(event, dict) and "event" in event:
+                return event
+            sys.stderr.write(line)
+
+    def ask(self, command):
+        """Sends one command line; its answer, which must be a "times" event."""
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        event = self.read()
+        if event["event"] != "times":
+            raise RuntimeError(f"{self.name}: {event.get('message', event)}")
+        return event
+
+    def close(self):
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.flush()
+                self.process.wait(timeout=60)
+            except (OSError, subprocess.TimeoutExpired):
+                self.process.kill()
+                self.process.wait()
