@@ -404,6 +404,7 @@ def arm_rows(records, arms, seeds):
         row = dict(arm=arm, measures={name: arm_statistics(values)
                                       for name, values in measures.items()},
                    converged=sum(run["converged"] for run in runs), runs=len(runs),
+                   steps=[run["step"] for run in runs],
                    rate_cuts_at=[run["rate_cuts_at"] for run in runs],
                    last_fifth_points=[run["last_fifth_points"] for run in runs])
         if target is not None:
@@ -431,7 +432,8 @@ def _steps_text(steps):
 def format_arms(rows):
     measure = next(iter(rows[0]["measures"]))
     has_train = "train_top1" in rows[0]
-    head = f"| arm | runs converged | rate cut at (steps, per seed) | {measure} |"
+    head = (f"| arm | runs converged | steps run (per seed) | rate cut at (steps, per seed) | "
+            f"{measure} |")
     if has_train:
         split = measure.split()[0]
         head += (f" training sample top-1 % (centre) | gap: {split} minus training top-1 "
@@ -440,7 +442,8 @@ def format_arms(rows):
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         cuts = "; ".join(", ".join(str(s) for s in run) or "none" for run in row["rate_cuts_at"])
-        line = (f"| {row['arm']} | {row['converged']} of {row['runs']} | {cuts} | "
+        steps = ", ".join(str(s) for s in row["steps"])
+        line = (f"| {row['arm']} | {row['converged']} of {row['runs']} | {steps} | {cuts} | "
                 f"{_mean_sd(row['measures'][measure])} |")
         if has_train:
             gap = next(name for name in row["measures"] if name.startswith("gap:"))
@@ -494,8 +497,12 @@ def format_markdown(rows, budget, arms=None, ensemble=None):
 def describe_budget(base_config, records, seeds, recipe=DEFAULT_RECIPE):
     baseline = records[(BASELINE, seeds[0])]
     errors = baseline["errors"]
+    steps = (f"at most {base_config.train_steps} steps, each run ending where its validation "
+             f"error stopped improving after the last of {base_config.lr_reductions} "
+             "divisions of the rate (--end_at_last_plateau)" if base_config.end_at_last_plateau
+             else f"{baseline['step']} steps")
     text = (
-        f"Per run: the {os.path.basename(recipe)} recipe, {baseline['step']} steps at "
+        f"Per run: the {os.path.basename(recipe)} recipe, {steps} at "
         f"batch {base_config.batch_size}, the schedule deciding on the validation split; "
         f"errors on the {errors['split']} split ({errors['crops']}); seeds "
         f"{', '.join(str(s) for s in seeds)}; model_size={base_config.model_size}. "

@@ -199,6 +199,11 @@ class TrainConfig:
         "improvement.", minimum=0.0, on_resume=CHANGEABLE)
     lr_reductions: int = setting(settings.PAPER_LR_REDUCTIONS, "Most divisions by 10.", minimum=0,
                                  on_resume=CHANGEABLE)
+    end_at_last_plateau: bool = setting(
+        False, "End the run where the validation error stops improving after the last of "
+        "--lr_reductions divisions (--schedule=plateau; the paper's rate was \"reduced three "
+        "times prior to termination\"), or at the budget if that comes first.",
+        on_resume=CHANGEABLE)
     step_boundaries: tuple = setting(
         settings.STEP_BOUNDARIES, "Epochs where --schedule=step divides the rate by 10.",
         item_type=int)
@@ -426,6 +431,8 @@ def validate(config, tf_config=None):
     if config.tower_devices and len(config.tower_devices) != config.towers:
         errors.append(f"--tower_devices names {len(config.tower_devices)} devices for "
                       f"--towers={config.towers}.")
+    if config.end_at_last_plateau and config.schedule != "plateau":
+        errors.append(f"--end_at_last_plateau needs --schedule=plateau, not {config.schedule}.")
     return errors
 
 

@@ -207,6 +207,13 @@ class PlateauSchedule(tf.Module):
             return True
         return False
 
+    def ended(self):
+        """True once the error has stopped improving again after the last of
+        max_reductions divisions: where the paper's runs ended ("reduced three times
+        prior to termination")."""
+        return (int(self.reductions) >= self.max_reductions
+                and int(self.epochs_without_improvement) >= self.patience)
+
     def restart_from(self, initial_learning_rate, epoch):
         """A new initial rate for a resumed run: the rate becomes it times the reductions
         made so far."""
@@ -242,6 +249,10 @@ class StepSchedule(tf.Module):
     def record(self, validation_error):
         """The step rule ignores the validation error; returns False."""
         del validation_error
+        return False
+
+    def ended(self):
+        """A step schedule runs to the budget."""
         return False
 
     def restart_from(self, initial_learning_rate, epoch):

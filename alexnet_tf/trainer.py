@@ -543,7 +543,14 @@ def start_run(config, workdir, distribution, source, changed, wall_time=None):
     if latest:
         print(f"Resumed from {latest}: epoch {run.epoch + 1}, step {run.step}.")
         _apply_changes(run, changed)
+        if _ended(run):
+            run.total_steps = run.step
     return run
+
+
+def _ended(run):
+    """Whether --end_at_last_plateau ends the run here."""
+    return run.config.end_at_last_plateau and run.schedule.ended()
 
 
 def _apply_changes(run, changed):
@@ -716,6 +723,12 @@ def train_epoch(run):
             progress.clear()
             evaluate_and_schedule(run)
             throughput.reset()  # images/s counts the steps' time only
+            if _ended(run):
+                print(f"step {run.step}: the validation error stopped improving after the "
+                      f"last of {run.config.lr_reductions} divisions; the run ends here "
+                      "(--end_at_last_plateau).")
+                run.total_steps = run.step
+                break
         elif run.step % config.checkpoint_every_steps == 0:
             save_checkpoint(run)
             throughput.reset()

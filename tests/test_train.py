@@ -2,6 +2,7 @@
 (exact, after SIGKILL), interruption, damaged checkpoints, the model directory's lock,
 what may change on resume, and the refusals that must leave the directory as it was."""
 
+import dataclasses
 import json
 import os
 import re
@@ -565,3 +566,31 @@ def test_the_training_sample_error_is_evaluate_s_on_the_first_images_of_the_firs
     logged = model_dir.read_scalars(workdir, model_dir.TRAIN_SAMPLE_LOGS, "top1_error")
     assert logged[-1] == (model_dir.read_metrics(workdir)["step"],
                           pytest.approx(report["train_sample"]["top1_error"]))
+
+
+def test_end_at_last_plateau_ends_the_run_where_the_error_stops_improving_after_the_last_cut(
+        tmp_path):
+    config = smoke_config(tmp_path, epochs=20, eval_every_steps=2, plateau_patience=1,
+                          lr_reductions=1, end_at_last_plateau=True, export=False,
+                          eval_ten_crop=False, checkpoint_every_steps=2)
+    budget = config.epochs * (96 // config.batch_size)  # the synthetic set's 96 images
+    workdir = str(tmp_path / "model")
+    trainer.train_and_evaluate(config, workdir)
+    metrics = model_dir.read_metrics(workdir)
+    ended = metrics["step"]
+    assert metrics["finished"] and ended < budget
+    # The schedule's record at its evaluations: one cut, then an evaluation that did not
+    # improve on the best error by min_delta, at the last step.
+    errors = dict(model_dir.read_scalars(workdir, "validation", "top1_error"))
+    rates = model_dir.read_scalars(workdir, "validation", "learning_rate")
+    assert rates[-1][0] == ended
+    befores = [config.learning_rate] + [rate for _, rate in rates[:-1]]
+    cut = [step for (step, rate), before in zip(rates, befores) if rate < 0.5 * before]
+    assert len(cut) == 1 and cut[0] < ended
+    best_before = min(e for step, e in errors.items() if step < ended)
+    assert errors[ended] > best_before - config.plateau_min_delta
+    # Run again: it is finished, and stays where it ended.
+    trainer.train_and_evaluate(config, workdir)
+    assert model_dir.read_metrics(workdir)["step"] == ended
+    assert config_lib.validate(dataclasses.replace(config, schedule="step")) == [
+        "--end_at_last_plateau needs --schedule=plateau, not step."]
