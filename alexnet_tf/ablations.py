@@ -49,6 +49,9 @@ checkpoint; a run stopped by SIGTERM or Ctrl-C exits with status 75, resumable. 
 tables are written to --output (Markdown) and JSON beside it; each run's settings and
 final errors are also logged for TensorBoard's HParams plugin, so that
 `tensorboard --logdir WORKDIR` sets the arms side by side.
+
+One job: the ablation experiment, from its runs to its tables; the training, the
+evaluation and the statistics' inputs are other modules'.
 """
 
 import dataclasses
