@@ -45,7 +45,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from alexnet_tf import files, input_pipeline, model_dir, preprocessing
+from alexnet_tf import files, model_dir, preprocessing
 from alexnet_tf import conv_gradients
 from alexnet_tf import model as model_lib
 
