@@ -448,6 +448,8 @@ def average_over_crops(outputs, crops):
     """[N * crops, D] outputs, each image's crops in a row -> [N, D] float32, the mean of
     each image's (Section 4.1: the softmax "averaged over the ten patches")."""
     outputs = tf.cast(outputs, tf.float32)
+    if isinstance(crops, int) and crops == 1:  # one crop an image: nothing to average
+        return outputs
     return tf.reduce_mean(tf.reshape(outputs, [-1, crops, tf.shape(outputs)[-1]]), axis=1)
 
 
