@@ -16,6 +16,7 @@ Environment:
   CUDA_HOME                 the CUDA toolkit (default: from nvcc's location).
 """
 
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -118,16 +119,30 @@ class BuildTensorFlowOps(build_ext):
         # tensorflow::jpeg::Uncompress lives in libtensorflow_cc, which TensorFlow's
         # Python module has loaded already.
         ldflags = ["-l:libtensorflow_cc.so.2", "-Wl,-rpath," + tf.sysconfig.get_lib()]
-        extra_objects = []
+        compiles = []
         if with_cuda:
-            gpu_object = os.path.join(self.build_temp, "lrn_op_gpu.o")
-            self._run(nvcc_command(os.path.join(OP_SOURCES, "lrn_op_gpu.cu.cc"), gpu_object, home))
-            extra_objects.append(gpu_object)
+            compiles.append(nvcc_command(os.path.join(OP_SOURCES, "lrn_op_gpu.cu.cc"),
+                                         os.path.join(self.build_temp, "lrn_op_gpu.o"), home))
             cxxflags += ["-DGOOGLE_CUDA=1", "-I" + cuda_include_shim(self.build_temp, home),
                          "-I" + os.path.join(home, "include")]
             ldflags += ["-L" + os.path.join(home, "lib64"), "-lcudart"]
-        self._run([cxx, "-shared", *cxxflags, *sources, *extra_objects, "-o", output,
+        for source in sources:
+            compiles.append([cxx, "-c", *cxxflags, source, "-o", self._object(source)])
+        # Each source compiles on its own core; the link waits for all of them.
+        self._run_all(compiles)
+        objects = [command[-1] for command in compiles]
+        self._run([cxx, "-shared", *objects, "-o", output,
                    *tf.sysconfig.get_link_flags(), *ldflags])
+
+    def _object(self, source):
+        name = os.path.splitext(os.path.basename(source))[0]
+        return os.path.join(self.build_temp, name + ".o")
+
+    def _run_all(self, commands):
+        for command in commands:
+            print(" ".join(command))
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(lambda command: subprocess.run(command, check=True), commands))
 
     def _run(self, command):
         print(" ".join(command))

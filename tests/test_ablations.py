@@ -113,11 +113,11 @@ def test_steps_to_reach_and_seeds_to_resolve_by_hand():
 def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkeypatch):
     base = smoke_config(tmp_path, train_steps=6, eval_every_steps=2, export=False,
                         eval_ten_crop=True, train_error_examples=10, plateau_patience=1)
-    chosen = [ablations.ABLATIONS_BY_NAME["tanh"], ablations.ABLATIONS_BY_NAME["no_lrn"]]
+    chosen = [ablations.ABLATIONS_BY_NAME["no_lrn"]]
     workdir = str(tmp_path / "ablations")
     run_dirs = ablations.run_ablations(base, workdir, chosen, seeds=(0, 1))
 
-    assert set(run_dirs) == {(arm, seed) for arm in ("baseline", "tanh", "no_lrn")
+    assert set(run_dirs) == {(arm, seed) for arm in ("baseline", "no_lrn")
                              for seed in (0, 1)}
     metrics, configs = {}, {}
     for key, run_dir in run_dirs.items():
@@ -132,7 +132,7 @@ def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkey
         assert configs[key]["stats_file"] == os.path.join(workdir, "dataset_stats.npz")
         plugins, tags = hparams_sessions(os.path.join(run_dir, "hparams"))
         assert "hparams" in plugins and {"final/top1_error", "final/top5_error"} <= tags
-    assert configs[("tanh", 0)]["activation"] == "tanh" and configs[("no_lrn", 1)]["lrn"] is False
+    assert configs[("baseline", 1)]["lrn"] is True and configs[("no_lrn", 1)]["lrn"] is False
 
     records = ablations.records_of(run_dirs, base, chosen, (0, 1))
     for key, record in records.items():
@@ -152,7 +152,7 @@ def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkey
         "validation top-1 error (%, ten crops)", "validation top-5 error (%, ten crops)",
         "gap: validation minus training top-1 error (points, centre crop)"]
     measures = [("top1_error", "ten_crop_"), ("top5_error", "ten_crop_")]
-    for i, arm in enumerate(("tanh", "no_lrn")):
+    for i, arm in enumerate(("no_lrn",)):
         for j, (name, prefix) in enumerate(measures):
             row = rows[3 * i + j]
             ours = [100 * metrics[("baseline", s)]["validation"][prefix + name] for s in (0, 1)]
@@ -165,9 +165,9 @@ def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkey
         assert gap["changed_runs"] == pytest.approx(
             [100 * (metrics[(arm, s)]["validation"]["top1_error"]
                     - metrics[(arm, s)]["train_sample"]["top1_error"]) for s in (0, 1)])
-    assert (rows[3]["paper_difference"], rows[4]["paper_difference"]) == (-1.4, -1.2)
+    assert (rows[0]["paper_difference"], rows[1]["paper_difference"]) == (-1.4, -1.2)
 
-    arms = ablations.arm_rows(records, ["baseline", "tanh", "no_lrn"], (0, 1))
+    arms = ablations.arm_rows(records, ["baseline", "no_lrn"], (0, 1))
     target = statistics.mean(metrics[("baseline", s)]["train_sample"]["top1_error"]
                              for s in (0, 1))
     assert arms[0]["target_train_top1"] == pytest.approx(100 * target)
@@ -181,12 +181,12 @@ def test_driver_with_two_seeds_writes_a_table_equal_to_its_runs(tmp_path, monkey
     markdown = ablations.write_table(rows, "budget line", output, arms)
     with open(output) as f:
         assert f.read() == markdown
-    row = rows[3]
+    row = rows[0]
     (m1, s1, _), (m2, s2, _) = row["paper_choice"], row["changed"]
     assert (f"| LRN on vs off (no LRN) | validation top-1 error (%, ten crops) | {m1:.2f} ± "
             f"{s1:.2f} | {m2:.2f} ± {s2:.2f} | {row['difference']:+.2f} ± "
             f"{row['standard_error']:.2f} | {row['verdict']} |") in markdown
-    assert f"| no_lrn | {arms[2]['converged']} of 2 |" in markdown
+    assert f"| no_lrn | {arms[1]['converged']} of 2 |" in markdown
     with open(str(tmp_path / "table.json")) as f:
         assert json.load(f)["budget"] == "budget line"
 
