@@ -206,6 +206,10 @@ def best_rate(records, threshold):
     return min(records, key=key)["learning_rate"]
 
 
+def _steps_phrase(steps):
+    return "threshold not reached" if steps is None else f"{steps} steps"
+
+
 def neighbour_rate(rate, up):
     """The next rate of a 1-3-10 sweep above (up) or below rate: 0.01 -> 0.03 -> 0.1;
     0.001 -> 0.0003 -> 0.0001. Other rates step by 3x."""
@@ -305,7 +309,7 @@ def format_table(summary, chosen):
     for activation, sweep in summary.get("sweeps", {}).items():
         runs = "; ".join(
             f"{run['learning_rate']:g}: " + ("stuck at chance" if run["stuck"] else
-                                               f"{run['steps'] or 'not reached'} steps, final "
+                                               f"{_steps_phrase(run['steps'])}, final "
                                                f"{100 * run['final_error']:.1f}%")
             for run in sweep["runs"])
         lines.append(f"\n{activation}'s sweep (seed {sweep['seed']}): {runs}; the best "

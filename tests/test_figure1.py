@@ -116,6 +116,14 @@ def test_summary_ratios_table_and_figure(tmp_path):
     bounded_table = figure1.format_table(bounded, slow_tanh)
     assert "| 1 | 150 (1.50) | not reached | > 4.00 |" in bounded_table
     assert "tanh / ReLU above 4.00 there" in bounded_table
+    sweeps = {"tanh": dict(bracketed=False, seed=0, runs=[
+        dict(learning_rate=0.001, steps=None, final_error=0.178, stuck=False),
+        dict(learning_rate=0.003, steps=900, final_error=0.05, stuck=False),
+        dict(learning_rate=0.01, steps=None, final_error=0.9, stuck=True)])}
+    swept = figure1.format_table(dict(bounded, sweeps=sweeps), slow_tanh)
+    assert ("tanh's sweep (seed 0): 0.001: threshold not reached, final 17.8%; 0.003: 900 "
+            "steps, final 5.0%; 0.01: stuck at chance; the best is still the sweep's edge: "
+            "NOT bracketed.") in swept
     path = str(tmp_path / "figure.png")
     figure1.draw(chosen, summary, path)
     assert tf.io.decode_png(tf.io.read_file(path)).shape[-1] in (3, 4)
