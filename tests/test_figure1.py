@@ -6,7 +6,6 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
 
 from alexnet_tf import data, figure1
 
