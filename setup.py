@@ -127,22 +127,15 @@ class BuildTensorFlowOps(build_ext):
                          "-I" + os.path.join(home, "include")]
             ldflags += ["-L" + os.path.join(home, "lib64"), "-lcudart"]
         for source in sources:
-            compiles.append([cxx, "-c", *cxxflags, source, "-o", self._object(source)])
+            name = os.path.splitext(os.path.basename(source))[0]
+            compiles.append([cxx, "-c", *cxxflags, source,
+                             "-o", os.path.join(self.build_temp, name + ".o")])
         # Each source compiles on its own core; the link waits for all of them.
-        self._run_all(compiles)
+        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(self._run, compiles))
         objects = [command[-1] for command in compiles]
         self._run([cxx, "-shared", *objects, "-o", output,
                    *tf.sysconfig.get_link_flags(), *ldflags])
-
-    def _object(self, source):
-        name = os.path.splitext(os.path.basename(source))[0]
-        return os.path.join(self.build_temp, name + ".o")
-
-    def _run_all(self, commands):
-        for command in commands:
-            print(" ".join(command))
-        with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            list(pool.map(lambda command: subprocess.run(command, check=True), commands))
 
     def _run(self, command):
         print(" ".join(command))
