@@ -19,8 +19,8 @@ class LocalResponseNormalization(keras.layers.Layer):
         `alexnet_tf.ops.local_response_normalization`; the defaults are the paper's
         k = 2, n = 5, alpha = 1e-4, beta = 0.75, alpha per term as its text writes.
       use_reference: compute with standard TensorFlow ops instead of the compiled
-        kernel (same numbers, slower), so that a model exported with it needs only
-        TensorFlow to load.
+        kernel (`ops.local_response_normalization_portable`: the same numbers for
+        finite inputs), so that a model exported with it needs only TensorFlow to load.
     """
 
     def __init__(
@@ -44,7 +44,7 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         lrn = (
-            ops.local_response_normalization_reference
+            ops.local_response_normalization_portable
             if self.use_reference
             else ops.local_response_normalization
         )

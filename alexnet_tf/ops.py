@@ -12,8 +12,9 @@ With `alpha_convention="authors_code"` alpha is divided by the window size n, as
 the authors' code, Caffe and PyTorch (see LRN_ALPHA_CONVENTIONS).
 
 `local_response_normalization_reference` is the same formula in plain TensorFlow:
-it is the documented meaning of the op, the test oracle, and what exported
-SavedModels use so that they load without this package.
+it is the documented meaning of the op and the test oracle.
+`local_response_normalization_portable` computes it from standard ops too, at
+serving speed: exported SavedModels use it so that they load without this package.
 
 `resize_flip_and_normalize` (with its reference beside it) resizes a decoded crop,
 subtracts the mean image, mirrors it and adds the PCA lighting vector in one pass;
@@ -244,8 +245,8 @@ def local_response_normalization_reference(
     """The same LRN from standard TensorFlow ops only (a windowed sum over channels).
 
     Numerically this is the formula in the module docstring, computed in float32
-    for float16/bfloat16 inputs like the compiled op. It runs anywhere TensorFlow
-    runs, so exported models use it to stay loadable without this package.
+    for float16/bfloat16 inputs like the compiled op, window by window as it is
+    written (each window's slices summed, then `tf.pow`): the test oracle.
     """
     with tf.name_scope(name or "LocalResponseNormalizationReference"):
         x = tf.convert_to_tensor(input)
@@ -260,6 +261,50 @@ def local_response_normalization_reference(
             [padded[..., d : d + channels] for d in range(2 * depth_radius + 1)]
         )
         scale = tf.pow(bias + alpha * window_sum, -beta)
+        return tf.cast(xc * scale, x.dtype)
+
+
+def local_response_normalization_portable(
+    input,
+    depth_radius=PAPER_LRN_DEPTH_RADIUS,
+    bias=PAPER_LRN_BIAS,
+    alpha=PAPER_LRN_ALPHA,
+    beta=PAPER_LRN_BETA,
+    name=None,
+    alpha_convention=LRN_PAPER_TEXT,
+):
+    """The same LRN from standard TensorFlow ops, at serving speed: what exported
+    models compute, so that they load without this package.
+
+    The window sums are one 1x1 convolution of the squares with a band matrix (alpha
+    where |i - j| <= depth_radius, else 0) and the bias added to it, which oneDNN runs
+    as one fused op; beta = 0.75 is rsqrt(n) * sqrt(rsqrt(n)). The reference's slices
+    and `tf.pow` took a third of a served batch's time (BENCHMARKS.md, "Serving").
+    For finite squares the values are the reference's to float32 rounding. A square
+    that is not finite also makes NaN of its pixel's outputs outside its windows (the
+    band's zeros times it), where the op and the reference confine it to its windows. Inputs whose channels
+    are not known when traced take the reference.
+    """
+    x = tf.convert_to_tensor(input)
+    channels = x.shape[-1] if x.shape.rank == 4 else None
+    if channels is None:
+        return local_response_normalization_reference(
+            x, depth_radius, bias, alpha, beta, name, alpha_convention)
+    with tf.name_scope(name or "LocalResponseNormalization"):
+        _check_arguments(x, depth_radius, bias, alpha, beta)
+        alpha = alpha_per_term(alpha, depth_radius, alpha_convention)
+        compute_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
+        xc = tf.cast(x, compute_dtype)
+        index = tf.range(channels)
+        in_window = tf.abs(index[:, None] - index[None, :]) <= depth_radius
+        band = tf.where(in_window, tf.constant(alpha, compute_dtype), 0)[None, None]
+        norm = tf.nn.bias_add(tf.nn.conv2d(tf.square(xc), band, 1, "VALID"),
+                              tf.fill([channels], tf.constant(bias, compute_dtype)))
+        if beta == 0.75:
+            root = tf.math.rsqrt(norm)
+            scale = root * tf.sqrt(root)
+        else:
+            scale = tf.pow(norm, -beta)
         return tf.cast(xc * scale, x.dtype)
 
 

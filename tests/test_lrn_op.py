@@ -169,6 +169,53 @@ def test_reference_implementation_matches_the_op():
     )
 
 
+@pytest.mark.parametrize("dtype", [tf.float64, tf.float32, tf.bfloat16])
+@pytest.mark.parametrize("seed", range(8))
+def test_the_portable_lrn_and_its_gradient_match_float64_formula(seed, dtype):
+    # What exported models compute (a band-matrix convolution, rsqrt for beta = 0.75),
+    # differentiated by TensorFlow's own gradients.
+    x, dy, params = random_case(seed)
+    xs, dys = stored(x, dtype), stored(dy, dtype)
+    x = tf.cast(x, dtype)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = ops.local_response_normalization_portable(x, **params)
+    dx = tape.gradient(y, x, output_gradients=tf.cast(dy, dtype))
+    assert y.dtype == dtype
+    assert relative_error(y, lrn_reference.lrn(xs, **params)) < TOLERANCE[dtype]
+    grad_tolerance = TOLERANCE[dtype] * (10 if dtype == tf.float32 else 1)
+    assert relative_error(dx, lrn_reference.lrn_grad(dys, xs, **params)) < grad_tolerance
+
+
+@pytest.mark.parametrize("bias", [1e-30, 2.5e-38])
+def test_the_portable_lrn_with_a_tiny_bias_gives_the_formulas_value(bias):
+    # rsqrt(n) * sqrt(rsqrt(n)) where n^1.5 itself would underflow.
+    x = np.zeros((1, 1, 2, 16), np.float32)
+    x[0, 0, 1] = np.random.default_rng(7).standard_normal(16).astype(np.float32) * 1e-3
+    params = dict(depth_radius=2, bias=float(np.float32(bias)), alpha=1.0, beta=0.75)
+    y = ops.local_response_normalization_portable(x, **params)
+    np.testing.assert_allclose(y, lrn_reference.lrn(x.astype(np.float64), **params),
+                               rtol=1e-5, atol=1e-30)
+
+
+def test_a_non_finite_square_makes_nan_of_its_pixels_other_outputs_in_the_portable_lrn():
+    x = np.random.default_rng(2).standard_normal((1, 1, 3, 16)).astype(np.float32)
+    x[0, 0, 1, 4] = 1e20  # its square is past float32's largest value
+    y = ops.local_response_normalization_portable(x).numpy()
+    np.testing.assert_array_equal(y[0, 0, 1, 2:7], 0.0)  # its windows: x * inf^-beta
+    assert np.isnan(np.delete(y[0, 0, 1], np.arange(2, 7))).all()  # inf * 0 in the band
+    expected = lrn_reference.lrn(x.astype(np.float64), 2, 2.0, 1e-4, 0.75)
+    np.testing.assert_allclose(y[0, 0, [0, 2]], expected[0, 0, [0, 2]], rtol=1e-5)
+
+
+def test_the_portable_lrn_with_channels_unknown_when_traced_is_the_reference():
+    x = np.random.default_rng(4).standard_normal((2, 3, 3, 12)).astype(np.float32)
+    traced = tf.function(ops.local_response_normalization_portable,
+                         input_signature=[tf.TensorSpec([None, None, None, None])])
+    np.testing.assert_allclose(traced(x), lrn_reference.lrn(x.astype(np.float64), 2, 2.0, 1e-4,
+                                                             0.75), rtol=1e-5)
+
+
 def test_empty_batch_gives_empty_output_and_gradient():
     y, dx = forward_and_gradient(tf.zeros((0, 5, 5, 8)), tf.zeros((0, 5, 5, 8)))
     assert y.shape == (0, 5, 5, 8) and dx.shape == (0, 5, 5, 8)
@@ -302,6 +349,8 @@ def test_the_alpha_convention_in_the_op_the_reference_and_the_layer(convention, 
     np.testing.assert_allclose(dx, expected_dx, rtol=1e-9, atol=1e-14)
     reference = ops.local_response_normalization_reference(tf.constant(x), **params)
     np.testing.assert_allclose(reference, expected, rtol=1e-10)
+    portable = ops.local_response_normalization_portable(tf.constant(x), **params)
+    np.testing.assert_allclose(portable, expected, rtol=1e-10)
     layer = layers.LocalResponseNormalization(2, 1.0, alpha, 0.75, alpha_convention=convention,
                                               dtype="float64")
     np.testing.assert_allclose(layer(tf.constant(x)), expected, rtol=1e-10)
