@@ -8,7 +8,9 @@ For each net ("small": configs/small.flags, 10 classes; "paper": configs/paper.f
 1000 classes) the network is built with random weights as the training command builds
 it, and exported as the training command exports it (alexnet_tf.export, with
 `--tflite`), into --workdir. Then, at each of --batch_sizes, these are timed by turns,
-round after round, so that a change of load hits all alike:
+round after round, so that a change of load hits all alike, each runner's calls after
+--pause_s of quiet (ONNX Runtime's and TensorFlow's idle threads spin for a while after
+their work: without the pause a runner that follows another shares the cores with it):
 
   serve_images      the SavedModel's `serve_images` signature (tf.saved_model.load, as a
                     serving process without the package loads it) on uint8 images of the
@@ -65,6 +67,7 @@ _TORCH_PYTHON = flags.DEFINE_string("torch_python", "/work/venvs/torch/bin/pytho
                                     "The python of the PyTorch environment (ONNX Runtime).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the exports go (default: a temporary "
                                "directory).")
+_PAUSE_S = flags.DEFINE_float("pause_s", 0.5, "Seconds of quiet before each runner's calls.")
 _MATMUL_SIZES = flags.DEFINE_multi_integer(
     "matmul_size", [1024, 2048], "Sides of the square matrices of the limit; the best counts.")
 
@@ -169,6 +172,7 @@ def time_rounds(runners, peer, batch_sizes):
     for _ in range(_ROUNDS.value):
         for b in batch_sizes:
             for label in labels:
+                time.sleep(_PAUSE_S.value)
                 seconds = (peer.time(b, _STEPS.value) if label == ONNX
                            else timed(runners[label], b, _STEPS.value))
                 times[(label, b)][0].extend(seconds)
