@@ -53,9 +53,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from alexnet_tf import config as config_lib  # noqa: E402
-from alexnet_tf import dataset_stats, export, model_dir  # noqa: E402
+from alexnet_tf import export  # noqa: E402
 from machine import (  # noqa: E402  tools/, beside this file
-    PeerProcess, cpu_flags, cpu_model, forward_flops_by_op, load_average, matmul_rate,
+    PeerProcess, cpu_flags, cpu_model, export_random_net, forward_flops_by_op, load_average,
+    matmul_rate,
 )
 
 _NETS = flags.DEFINE_list("nets", ["small", "paper"], "Which nets: small, paper.")
@@ -86,24 +87,9 @@ def exported_net(net, workdir):
     flagfile, num_classes = NETS[net]
     config, _ = config_lib.load_flagfile(os.path.join(REPO, "configs", flagfile),
                                          data_dir="unused", seed=SEED)
-    network = model_dir.create_model(config, num_classes)
-    rng = np.random.default_rng(SEED)
-    side = config.image_size
-    stats = dataset_stats.DatasetStats(
-        mean_image=rng.uniform(0, 255, (side, side, 3)).astype(np.float32),
-        covariance=np.eye(3) * 100.0, eigenvalues=np.full(3, 100.0), eigenvectors=np.eye(3),
-        num_examples=1)
-    export_dir = os.path.join(workdir, net)
-    export.export_saved_model(config, num_classes, network.get_weights(), stats,
-                              [f"class{i}" for i in range(num_classes)], export_dir,
-                              replace=True, tflite=litert_installed())
+    export_dir, network = export_random_net(config, num_classes, os.path.join(workdir, net),
+                                            SEED)
     return export_dir, config, network
-
-
-def litert_installed():
-    import importlib.util
-
-    return importlib.util.find_spec("ai_edge_litert") is not None
 
 
 def batches(config, batch_sizes):

@@ -1,6 +1,7 @@
 """What the benchmarks in tools/ say about the machine they ran on and the work they
 timed: the CPU and its vector extensions, the load, CPU seconds, the matmul rate that
-bounds a network's FLOP/s, and a network's FLOPs."""
+bounds a network's FLOP/s, and a network's FLOPs; and a network exported with random
+weights, as the serving benchmarks load it."""
 
 import json
 import os
@@ -97,6 +98,28 @@ def forward_flops_by_op(model, input_shape):
             outputs = int(np.prod(op.outputs[0].shape[1:]))
             counted.append((op.name, 2 * outputs * inner, None))
     return counted
+
+
+def export_random_net(config, num_classes, export_dir, seed=0):
+    """(export directory, network): the config's network with random weights, exported
+    as the training command exports it (with model.tflite where ai_edge_litert is
+    installed), with a random mean image."""
+    import importlib.util
+
+    from alexnet_tf import dataset_stats, export, model_dir
+
+    network = model_dir.create_model(config, num_classes)
+    rng = np.random.default_rng(seed)
+    side = config.image_size
+    stats = dataset_stats.DatasetStats(
+        mean_image=rng.uniform(0, 255, (side, side, 3)).astype(np.float32),
+        covariance=np.eye(3) * 100.0, eigenvalues=np.full(3, 100.0), eigenvectors=np.eye(3),
+        num_examples=1)
+    tflite = importlib.util.find_spec("ai_edge_litert") is not None
+    path = export.export_saved_model(config, num_classes, network.get_weights(), stats,
+                                     [f"class{i}" for i in range(num_classes)], export_dir,
+                                     replace=True, tflite=tflite)
+    return path, network
 
 
 class PeerProcess:
