@@ -41,6 +41,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from alexnet_tf import config as config_lib
+from alexnet_tf import conv_gradients
 from alexnet_tf import data, dataset_stats, distribute, export, figures, input_pipeline
 from alexnet_tf import model_dir, optim, settings
 from alexnet_tf import model as model_lib
@@ -183,9 +184,16 @@ def make_train_step(model, optimizer, strategy, batch_size, loss_scale=None):
 def make_eval_step(model, strategy):
     """(top-1 misses, top-5 misses, examples) of one evaluation batch, summed over the
     strategy's replicas. A replica's images are [B, H, W, 3], or [B, 10, H, W, 3]: the
-    softmax averaged over ten crops."""
+    softmax averaged over ten crops. The forward pass is traced without the custom
+    gradients that training's step needs (`conv_gradients.forward_only`): the same
+    values, and the graph rewriter's fusions not held back by the gradients' identity
+    ops (BENCHMARKS.md, "The training command at the speed of its step")."""
 
     def replica_step(images, labels):
+        with conv_gradients.forward_only():
+            return _misses(images, labels)
+
+    def _misses(images, labels):
         if images.shape.rank == 5:
             probabilities = model_lib.crop_probabilities(
                 model(model_lib.flatten_crops(images), training=False), tf.shape(images)[1])
@@ -360,6 +368,7 @@ class Run:
     total_steps: int
     train_step: object = None
     eval_step: object = None
+    write_histograms: object = None
     train_writer: object = None
     validation_writer: object = None
     train_sample_writer: object = None
@@ -813,8 +822,7 @@ def _log_evaluation(run, metrics, seconds=None, train_sample=None):
         with run.train_writer.as_default(step=run.step):
             grid = figures.filter_figure(model_lib.conv1_kernels(run.model), zoom=2)
             tf.summary.image("conv1_filters", grid[None])
-            for variable in run.model.trainable_variables:
-                tf.summary.histogram(variable.path, variable)
+        run.write_histograms(tf.constant(run.step, tf.int64))
 
 
 def evaluate_and_schedule(run):
@@ -909,6 +917,15 @@ def _open_writers(run):
     if run.chief:
         run.train_writer = tf.summary.create_file_writer(
             os.path.join(run.workdir, model_dir.TRAIN_LOGS))
+
+        @tf.function
+        def write_histograms(step):
+            # One traced call for every variable, not each histogram's ops one by one.
+            with run.train_writer.as_default(step=step):
+                for variable in run.model.trainable_variables:
+                    tf.summary.histogram(variable.path, variable)
+
+        run.write_histograms = write_histograms
         run.validation_writer = tf.summary.create_file_writer(
             os.path.join(run.workdir, model_dir.VALIDATION_LOGS))
         run.train_sample_writer = (
