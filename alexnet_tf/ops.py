@@ -279,11 +279,12 @@ def local_response_normalization_portable(
     The window sums are one 1x1 convolution of the squares with a band matrix (alpha
     where |i - j| <= depth_radius, else 0) and the bias added to it, which oneDNN runs
     as one fused op; beta = 0.75 is rsqrt(n) * sqrt(rsqrt(n)). The reference's slices
-    and `tf.pow` took a third of a served batch's time (BENCHMARKS.md, "Serving").
-    For finite squares the values are the reference's to float32 rounding. A square
-    that is not finite also makes NaN of its pixel's outputs outside its windows (the
-    band's zeros times it), where the op and the reference confine it to its windows. Inputs whose channels
-    are not known when traced take the reference.
+    and `tf.pow` took a third of the ops' time in a served batch (BENCHMARKS.md,
+    "Serving"). For finite squares the values are the reference's to float32
+    rounding. A square that is not finite also makes NaN of its pixel's outputs
+    outside its windows (the band's zeros times it), where the op and the reference
+    confine it to its windows. Inputs whose channels are not known when traced take
+    the reference.
     """
     x = tf.convert_to_tensor(input)
     channels = x.shape[-1] if x.shape.rank == 4 else None
