@@ -2,7 +2,7 @@
 
 The graph holds only standard TensorFlow ops: the network is rebuilt by the
 same builder with the LRN computed by `ops.local_response_normalization_portable`
-(numerically the compiled op, for finite inputs) and no device placement, so `tf.saved_model.load`
+(numerically the compiled op where the squares are finite) and no device placement, so `tf.saved_model.load`
 and `saved_model_cli` work in a process that has never imported alexnet_tf.
 `keep_custom_op=True` keeps the compiled op instead (the loader must then load
 its library first). Each weight is stored once.

@@ -19,8 +19,9 @@ class LocalResponseNormalization(keras.layers.Layer):
         `alexnet_tf.ops.local_response_normalization`; the defaults are the paper's
         k = 2, n = 5, alpha = 1e-4, beta = 0.75, alpha per term as its text writes.
       use_reference: compute with standard TensorFlow ops instead of the compiled
-        kernel (`ops.local_response_normalization_portable`: the same numbers for
-        finite inputs), so that a model exported with it needs only TensorFlow to load.
+        kernel (`ops.local_response_normalization_portable`, not the reference despite
+        the name, which saved configs keep: the same numbers where the squares are
+        finite), so that a model exported with it needs only TensorFlow to load.
     """
 
     def __init__(

@@ -28,6 +28,7 @@ import glob
 import os
 import re
 
+import numpy as np
 import tensorflow as tf
 
 from alexnet_tf.settings import (  # noqa: F401
@@ -280,8 +281,8 @@ def local_response_normalization_portable(
     where |i - j| <= depth_radius, else 0) and the bias added to it, which oneDNN runs
     as one fused op; beta = 0.75 is rsqrt(n) * sqrt(rsqrt(n)). The reference's slices
     and `tf.pow` took a third of the ops' time in a served batch (BENCHMARKS.md,
-    "Serving"). For finite squares the values are the reference's to float32
-    rounding. A square that is not finite also makes NaN of its pixel's outputs
+    "Serving"). Where the window sums are finite the values are the reference's to
+    float32 rounding. A square that is not finite also makes NaN of its pixel's outputs
     outside its windows (the band's zeros times it), where the op and the reference
     confine it to its windows. Inputs whose channels are not known when traced take
     the reference.
@@ -296,11 +297,11 @@ def local_response_normalization_portable(
         alpha = alpha_per_term(alpha, depth_radius, alpha_convention)
         compute_dtype = tf.float64 if x.dtype == tf.float64 else tf.float32
         xc = tf.cast(x, compute_dtype)
-        index = tf.range(channels)
-        in_window = tf.abs(index[:, None] - index[None, :]) <= depth_radius
-        band = tf.where(in_window, tf.constant(alpha, compute_dtype), 0)[None, None]
+        index = np.arange(channels)
+        in_window = np.abs(index[:, None] - index[None, :]) <= int(depth_radius)
+        band = tf.constant(np.where(in_window, alpha, 0.0)[None, None], compute_dtype)
         norm = tf.nn.bias_add(tf.nn.conv2d(tf.square(xc), band, 1, "VALID"),
-                              tf.fill([channels], tf.constant(bias, compute_dtype)))
+                              tf.constant(np.full(channels, bias), compute_dtype))
         if beta == 0.75:
             root = tf.math.rsqrt(norm)
             scale = root * tf.sqrt(root)

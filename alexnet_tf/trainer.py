@@ -184,10 +184,9 @@ def make_train_step(model, optimizer, strategy, batch_size, loss_scale=None):
 def make_eval_step(model, strategy):
     """(top-1 misses, top-5 misses, examples) of one evaluation batch, summed over the
     strategy's replicas. A replica's images are [B, H, W, 3], or [B, 10, H, W, 3]: the
-    softmax averaged over ten crops. The forward pass is traced without the custom
-    gradients that training's step needs (`conv_gradients.forward_only`): the same
-    values, and the graph rewriter's fusions not held back by the gradients' identity
-    ops (BENCHMARKS.md, "The training command at the speed of its step")."""
+    softmax averaged over ten crops. The convolutions are traced without the custom
+    gradients that training's step needs (`conv_gradients.forward_only`, as the
+    export traces them): the same values, fewer ops."""
 
     def replica_step(images, labels):
         with conv_gradients.forward_only():

@@ -100,10 +100,10 @@ def forward_flops_by_op(model, input_shape):
     return counted
 
 
-def export_random_net(config, num_classes, export_dir, seed=0):
+def export_random_net(config, num_classes, export_dir, seed=0, tflite=None):
     """(export directory, network): the config's network with random weights, exported
-    as the training command exports it (with model.tflite where ai_edge_litert is
-    installed), with a random mean image."""
+    as the training command exports it, with a random mean image; with model.tflite
+    too if `tflite` (None: where ai_edge_litert is installed)."""
     import importlib.util
 
     from alexnet_tf import dataset_stats, export, model_dir
@@ -115,7 +115,8 @@ def export_random_net(config, num_classes, export_dir, seed=0):
         mean_image=rng.uniform(0, 255, (side, side, 3)).astype(np.float32),
         covariance=np.eye(3) * 100.0, eigenvalues=np.full(3, 100.0), eigenvectors=np.eye(3),
         num_examples=1)
-    tflite = importlib.util.find_spec("ai_edge_litert") is not None
+    if tflite is None:
+        tflite = importlib.util.find_spec("ai_edge_litert") is not None
     path = export.export_saved_model(config, num_classes, network.get_weights(), stats,
                                      [f"class{i}" for i in range(num_classes)], export_dir,
                                      replace=True, tflite=tflite)

@@ -122,7 +122,7 @@ def training_step(net, config):
 def serving_call(net, config, batch_size, workdir):
     """(a call of the exported net's serve_images on fixed random images, what it is)."""
     export_dir, _ = export_random_net(config, bench_train_step.NETS[net][1],
-                                      os.path.join(workdir, net))
+                                      os.path.join(workdir, net), tflite=False)
     serve_images = tf.saved_model.load(export_dir).signatures["serve_images"]
     side = config.image_size
     images = tf.constant(np.random.default_rng(0).integers(
