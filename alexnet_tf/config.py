@@ -169,8 +169,10 @@ class TrainConfig:
                                   "many training images (0: all).", minimum=0)
     cache_images_mb: int = setting(
         1024, "An image folder's training images are decoded once and kept in memory if "
-        "they take at most this many MB decoded (0: read and decode them every epoch). "
-        "The run is the same either way.", minimum=0, on_resume=CHANGEABLE)
+        "they take at most this many MB decoded (0: read and decode them every epoch); so "
+        "are the validation split's centre crops, which every evaluation reads, if they "
+        "take at most this many MB as float32. The run is the same either way.", minimum=0,
+        on_resume=CHANGEABLE)
     # Learning.
     batch_size: int = setting(128, "Section 5.", minimum=1)
     epochs: int = setting(90, "Section 5: roughly 90 cycles through the training set. "

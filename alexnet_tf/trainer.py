@@ -30,6 +30,7 @@ are other modules'.
 import collections
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -255,10 +256,11 @@ def input_options(distribution):
 
 
 def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_counter,
-                    whole=False):
+                    whole=False, in_memory=False):
     """A split's examples (or, unless `whole`, its first eval_steps batches of about
     eval_batch_size) as the strategy's per-replica values, each worker evaluating its
-    share."""
+    share; with `in_memory`, its batches are made on the first pass and kept for the
+    next ones."""
 
     def dataset_fn(context):
         replicas = _replicas_per_pipeline(context)
@@ -270,8 +272,8 @@ def make_eval_input(distribution, examples, stats, config, ten_crop, corrupt_cou
             num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
         )
         if config.eval_steps and not whole:
-            return dataset.take(config.eval_steps * replicas)
-        return dataset
+            dataset = dataset.take(config.eval_steps * replicas)
+        return dataset.cache() if in_memory else dataset
 
     return distribution.strategy.distribute_datasets_from_function(
         dataset_fn, options=input_options(distribution))
@@ -372,6 +374,7 @@ class Run:
     validation_writer: object = None
     train_sample_writer: object = None
     train_sample: object = None  # the cached dataset of --train_error_examples
+    validation_input: object = None  # the validation split's centre crops, see _eval_input
     stop: _StopRequest = None
     wall_time: WallTime = dataclasses.field(default_factory=WallTime)
     traced: bool = False  # whether this process has run the step function once
@@ -779,14 +782,28 @@ def _examples_of(run, split):
     return run.source.encoded_validation if split == data.VALIDATION else run.source.encoded_test
 
 
+def _eval_input(run, split, ten_crop):
+    """The split's evaluation batches. Every evaluation point reads the validation
+    split's centre crops again, so they are made once and kept in memory where they fit
+    in --cache_images_mb: an evaluation is then the network's forward pass alone. A
+    corrupt validation image is then dropped and counted once, not at every evaluation."""
+    build = functools.partial(make_eval_input, run.distribution, _examples_of(run, split),
+                              run.stats, run.config, ten_crop, run.source.corrupt_counter,
+                              whole=split == data.TRAIN)
+    if split != data.VALIDATION or ten_crop:
+        return build()
+    if run.validation_input is None:
+        crop_bytes = run.config.crop_size ** 2 * 3 * 4  # float32
+        fits = run.source.num_validation_examples * crop_bytes <= run.config.cache_images_mb << 20
+        run.validation_input = build(in_memory=fits)
+    return run.validation_input
+
+
 def evaluate(run, split, ten_crop):
     """Top-1 and top-5 error over a split (or its first eval_steps batches; the training
     sample is always whole), counted over every replica of every worker."""
-    examples = _examples_of(run, split)
     misses_1 = misses_5 = count = 0
-    for images, labels in make_eval_input(run.distribution, examples, run.stats, run.config,
-                                          ten_crop, run.source.corrupt_counter,
-                                          whole=split == data.TRAIN):
+    for images, labels in _eval_input(run, split, ten_crop):
         m1, m5, n = run.eval_step(images, labels)
         misses_1, misses_5, count = misses_1 + float(m1), misses_5 + float(m5), count + int(n)
     if count == 0:

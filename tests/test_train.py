@@ -482,10 +482,11 @@ def test_every_flag_error_is_one_line_with_exit_status_1(tmp_path):
     assert not workdir.exists()
 
 
-# Decoded into memory (the default for small data), each image is read once; from its
-# file, once by the statistics pass and once by the epoch.
-@pytest.mark.parametrize("cache_images_mb, passes", [(256, 1), (0, 2)])
-def test_one_log_line_per_corrupt_file_naming_it_and_why(tmp_path, cache_images_mb, passes):
+# Decoded into memory (the default for small data), each training image is read once;
+# from its file, by the statistics pass and by each of the two epochs. The validation
+# split's centre crops in memory are made once; from the files, at each of the run's
+# two evaluations (the first epoch's end and the final report).
+def test_one_log_line_per_corrupt_file_naming_it_and_why(tmp_path):
     data_dir = tmp_path / "data"
     from alexnet_tf import data
 
@@ -493,18 +494,26 @@ def test_one_log_line_per_corrupt_file_naming_it_and_why(tmp_path, cache_images_
     (data_dir / "train" / "class_0" / "garbage.png").write_bytes(b"not an image at all")
     good = (data_dir / "train" / "class_1" / "000024.png").read_bytes()
     (data_dir / "train" / "class_1" / "truncated.png").write_bytes(good[:120])
-    result = run_train(f"--model_dir={tmp_path / 'model'}", f"--data_dir={data_dir}",
-                       "--epochs=1", "--export=false", "--eval_ten_crop=false",
-                       f"--cache_images_mb={cache_images_mb}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name, reason in (("class_0/garbage.png", "Unknown image file format"),
-                         ("class_1/truncated.png", "PNG")):
-        lines = [line for line in result.stderr.splitlines() if name in line]
-        assert len(lines) == passes, result.stderr[-3000:]
-        for line in lines:
-            assert re.search(rf"Skipped train/{name}: .*{reason}.*\(\d+ undecodable so far\)",
-                             line), line
-    assert "ignore_errors" not in result.stderr and "Traceback" not in result.stderr
+    (data_dir / "val" / "class_2" / "empty.png").write_bytes(b"")
+    finals = []
+    for cache_images_mb, passes, validation_passes in ((256, 1, 1), (0, 3, 2)):
+        result = run_train(f"--model_dir={tmp_path / f'model_{cache_images_mb}'}",
+                           f"--data_dir={data_dir}", "--epochs=2", "--export=false",
+                           "--eval_ten_crop=false", f"--cache_images_mb={cache_images_mb}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        for name, reason, count in (
+                ("train/class_0/garbage.png", "Unknown image file format", passes),
+                ("train/class_1/truncated.png", "PNG", passes),
+                ("val/class_2/empty.png", "empty", validation_passes)):
+            lines = [line for line in result.stderr.splitlines() if name in line]
+            assert len(lines) == count, result.stderr[-3000:]
+            for line in lines:
+                assert re.search(rf"Skipped {name}: .*{reason}.*\(\d+ undecodable so far\)",
+                                 line), line
+        assert "ignore_errors" not in result.stderr and "Traceback" not in result.stderr
+        finals.append(re.search(r"final validation: .*", result.stdout).group(0))
+    # The run is the same either way, its final errors over the same 32 images too.
+    assert finals[0] == finals[1] and finals[0].endswith("(32 images)"), finals
 
 
 def test_the_test_split_never_reaches_a_decision_and_is_reported_at_the_end(tmp_path):
