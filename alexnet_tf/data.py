@@ -386,10 +386,7 @@ def _decoded_in_memory(split, root, counter, max_bytes):
             pass
     if not sizes or np.mean(sizes) * len(paths) > max_bytes:
         return None
-    # Without tf.data's autotuning thread, whose wake-up the end of this pass would wait
-    # for (up to 10 s at the training command's start, BENCHMARKS.md).
-    decoded = input_pipeline.without_autotuning(corrupt_images.decode_examples(
-        _file_examples(paths, labels, root), counter)).cache()
+    decoded = corrupt_images.decode_examples(_file_examples(paths, labels, root), counter).cache()
     for _ in tqdm(decoded, total=len(paths), desc="training images into memory", unit="img",
                   mininterval=1.0):
         pass
