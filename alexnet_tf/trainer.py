@@ -191,17 +191,14 @@ def make_eval_step(model, strategy):
 
     def replica_step(images, labels):
         with conv_gradients.forward_only():
-            return _misses(images, labels)
-
-    def _misses(images, labels):
-        if images.shape.rank == 5:
-            probabilities = model_lib.crop_probabilities(
-                model(model_lib.flatten_crops(images), training=False), tf.shape(images)[1])
-        else:
-            probabilities = model_lib.crop_probabilities(model(images, training=False))
-        count = tf.cast(tf.size(labels), tf.float32)
-        return (optim.top_k_misses(probabilities, labels, 1),
-                optim.top_k_misses(probabilities, labels, 5), count)
+            if images.shape.rank == 5:
+                probabilities = model_lib.crop_probabilities(
+                    model(model_lib.flatten_crops(images), training=False), tf.shape(images)[1])
+            else:
+                probabilities = model_lib.crop_probabilities(model(images, training=False))
+            count = tf.cast(tf.size(labels), tf.float32)
+            return (optim.top_k_misses(probabilities, labels, 1),
+                    optim.top_k_misses(probabilities, labels, 5), count)
 
     @tf.function
     def eval_step(images, labels):
